@@ -1,0 +1,1 @@
+"""Monitoring callbacks: gradients the optimizer applies, activation statistics, conditioning."""

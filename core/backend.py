@@ -1,0 +1,108 @@
+"""Backend selection and the few per-backend settings depthlab needs (SPEC §0.1, §0.6).
+
+Keras fixes its backend at the first ``import keras``, so :func:`select` must run before
+anything imports Keras (or TensorFlow, which imports Keras). Every backend-specific
+branch outside gradient capture lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+BACKENDS = ("jax", "tensorflow", "torch")
+
+
+class BackendError(ValueError):
+    """The requested backend is unknown or can no longer be selected in this process."""
+
+
+def select(name: str | None = None) -> str:
+    """Select the Keras backend for this process and return its name.
+
+    Args:
+        name: one of ``BACKENDS``; ``None`` keeps ``KERAS_BACKEND`` (default ``jax``).
+
+    Raises:
+        BackendError: unknown name, or Keras already imported with another backend.
+    """
+    name = name or os.environ.get("KERAS_BACKEND", "jax")
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "keras" in sys.modules:
+        current = sys.modules["keras"].backend.backend()
+        if current != name:
+            raise BackendError(
+                f"Keras is already imported with backend {current!r}; start a new process "
+                f"with --backend {name} (or KERAS_BACKEND={name})"
+            )
+    os.environ["KERAS_BACKEND"] = name
+    return name
+
+
+def configure() -> None:
+    """Per-backend numerics: flush subnormals to zero where the backend does not already.
+
+    torch on CPU keeps subnormals by default (pytorch#19652) and slows by orders of
+    magnitude on the ~1e-38 gradients of vanishing-gradient nets (SPEC §3.6). XLA (JAX)
+    and TensorFlow's CPU kernels already set FTZ/DAZ.
+    """
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_flush_denormal(True)
+
+
+def flush_denormal_enabled() -> bool | None:
+    """Whether torch currently flushes subnormals (None on other backends)."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    return bool(torch.tensor(1e-40, dtype=torch.float32).item() == 0.0)
+
+
+def device() -> str:
+    """A short description of the device the backend computes on."""
+    import keras
+
+    name = keras.backend.backend()
+    if name == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        return f"{d.platform}:{getattr(d, 'device_kind', d.platform)}"
+    if name == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{torch.cuda.get_device_name(0)}"
+        return "cpu"
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"gpu:{gpus[0].name}" if gpus else "cpu"
+
+
+def describe() -> dict[str, str]:
+    """Tags describing the numerical environment of a run (backend, versions, device)."""
+    import keras
+
+    name = keras.backend.backend()
+    module = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}[name]
+    framework = __import__(module)
+    return {
+        "backend": name,
+        "keras_version": keras.__version__,
+        "framework_version": f"{module} {framework.__version__}",
+        "device": device(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": str(os.cpu_count()),
+        "python": platform.python_version(),
+    }
