@@ -103,8 +103,9 @@ def run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume, with ``run_id``) a run; a run left by an exception ends FAILED.
 
-    The body decides the final status with :func:`set_status`; an exception (including
-    KeyboardInterrupt) marks the run FAILED and is re-raised, so nothing is lost silently.
+    The body records its outcome with :func:`set_status`; a "diverged" or "failed" status
+    ends the run FAILED, anything else FINISHED. An exception (KeyboardInterrupt too)
+    marks the run FAILED and is re-raised, so nothing is lost silently.
     """
     active = mlflow.start_run(
         run_id=run_id, experiment_id=experiment_id, run_name=name, nested=nested, tags=tags
@@ -114,12 +115,17 @@ def run(
             log_params(params)
         yield active
     except BaseException as error:
+        import traceback
+
+        mlflow.log_text(traceback.format_exc(), "error.txt")
         mlflow.set_tag(TAG_STATUS, "failed")
         mlflow.set_tag("depthlab.error", f"{type(error).__name__}: {error}"[:5000])
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
-        mlflow.end_run()
+        status = mlflow.get_run(active.info.run_id).data.tags.get(TAG_STATUS)
+        failed = status in ("diverged", "failed")
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 
 
 def set_status(status: str, message: str | None = None) -> None:
@@ -129,12 +135,6 @@ def set_status(status: str, message: str | None = None) -> None:
     mlflow.set_tag(TAG_STATUS, status)
     if message:
         mlflow.set_tag("depthlab.status_message", message)
-
-
-def end_failed(message: str) -> None:
-    """End the active run as FAILED with a reason (e.g. "diverged at epoch 3")."""
-    set_status("diverged" if message.startswith("diverged") else "failed", message)
-    mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
 
 
 def log_params(params: Mapping[str, str]) -> None:

@@ -1,0 +1,97 @@
+"""Learning-rate schedules of the four studies, as closed forms (SPEC §0.3).
+
+Each schedule is a pure function of the epoch or step, plus a thin
+``keras.optimizers.schedules.LearningRateSchedule`` keyed on the optimizer's iteration
+count. Keying on iterations (not a callback that sets the rate) keeps the rate right after
+a resume, because the iteration count is restored with the optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+
+def cosine_epoch(epoch: int, base: float, minimum: float, t_max: int) -> float:
+    """PyTorch ``CosineAnnealingLR`` stepped per epoch (SPEC §0.3, §3.4).
+
+    lr_e = minimum + (base - minimum) * (1 + cos(pi * e / t_max)) / 2.
+    """
+    return minimum + (base - minimum) * (1 + math.cos(math.pi * epoch / t_max)) / 2
+
+
+def step_epoch(epoch: int, base: float, factor: float, every: int) -> float:
+    """Step decay ``base * factor ** floor(epoch / every)`` (Marion's StepLR, §2.4)."""
+    return base * factor ** (epoch // every)
+
+
+def one_cycle(step: int, max_lr: float, total_steps: int, pct_start: float = 0.3,
+              div_factor: float = 25.0, final_div_factor: float = 1e4) -> float:
+    """PyTorch ``OneCycleLR`` with its defaults (two phases, cosine; SPEC §0.3, §1.4)."""
+    start = max_lr / div_factor
+    end = start / final_div_factor
+    peak = pct_start * total_steps - 1
+    if step <= peak:
+        return _cos_anneal(start, max_lr, step / peak)
+    return _cos_anneal(max_lr, end, (step - peak) / (total_steps - 1 - peak))
+
+
+def one_cycle_beta1(step: int, total_steps: int, pct_start: float = 0.3,
+                    base: float = 0.85, top: float = 0.95) -> float:
+    """The Adam beta1 that ``OneCycleLR`` cycles opposite the rate: 0.95 -> 0.85 -> 0.95."""
+    peak = pct_start * total_steps - 1
+    if step <= peak:
+        return _cos_anneal(top, base, step / peak)
+    return _cos_anneal(base, top, (step - peak) / (total_steps - 1 - peak))
+
+
+def _cos_anneal(start: float, end: float, t: float) -> float:
+    return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
+
+
+@keras.saving.register_keras_serializable(package="depthlab")
+class EpochCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """:func:`cosine_epoch` held constant within each epoch of ``steps_per_epoch`` steps.
+
+    Args:
+        base: the rate of epoch 0.
+        minimum: ``eta_min``.
+        t_max: the cosine's half period in epochs.
+        steps_per_epoch: optimizer steps per epoch.
+    """
+
+    def __init__(self, base: float, minimum: float, t_max: int, steps_per_epoch: int):
+        self.base = float(base)
+        self.minimum = float(minimum)
+        self.t_max = int(t_max)
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    def __call__(self, step):
+        epoch = ops.floor(ops.cast(step, "float32") / self.steps_per_epoch)
+        cosine = (1.0 + ops.cos(math.pi * epoch / self.t_max)) / 2.0
+        return self.minimum + (self.base - self.minimum) * cosine
+
+    def get_config(self) -> dict:
+        return {"base": self.base, "minimum": self.minimum, "t_max": self.t_max,
+                "steps_per_epoch": self.steps_per_epoch}
+
+
+@keras.saving.register_keras_serializable(package="depthlab")
+class EpochStep(keras.optimizers.schedules.LearningRateSchedule):
+    """:func:`step_epoch` held constant within each epoch."""
+
+    def __init__(self, base: float, factor: float, every: int, steps_per_epoch: int):
+        self.base = float(base)
+        self.factor = float(factor)
+        self.every = int(every)
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    def __call__(self, step):
+        epoch = ops.floor(ops.cast(step, "float32") / self.steps_per_epoch)
+        return self.base * ops.power(self.factor, ops.floor(epoch / self.every))
+
+    def get_config(self) -> dict:
+        return {"base": self.base, "factor": self.factor, "every": self.every,
+                "steps_per_epoch": self.steps_per_epoch}

@@ -1,0 +1,363 @@
+"""Study §3: vanishing gradients in VGG08 / VGG38 with BatchNorm and residual connections.
+
+Tables:
+  ``1``    Table 1 of the report: seven rows (VGG08; VGG38; VGG38 BN at 1e-2 and 1e-3;
+           VGG38 RC; VGG38 BN+RC at 1e-3 and 1e-2) with parameters, last-epoch train/val
+           loss and accuracy, and test accuracy of the best-val checkpoint; each run logs
+           its gradient flow (mean |grad| of the last training batch of every epoch, per
+           non-bias weight, course labels) as metrics, CSV and the course-style plot.
+  ``init`` Gradient flow at initialisation (SPEC §3.5 Q1): one train-mode forward/backward
+           on 100 images for the five architectures.
+
+Profiles: ``paper`` is the full recipe (CIFAR-100, 100 epochs, batch 100, Adam + cosine
+per epoch); ``quick`` is the CPU-minutes check of §3.5 (first 2,048 offline CIFAR-10
+training images, no augmentation, batch 32, constant lr 1e-3, 300/100/20 steps).
+
+This module defines the study as data and imports Keras only inside functions, so
+``python -m depthlab.reproductions.vgg --backend torch`` can pick the backend first.
+
+Usage:
+    python -m depthlab.reproductions.vgg --table 1 --profile quick --backend torch
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Literal
+
+import numpy as np
+
+from depthlab.report import Comparison
+from depthlab.reproductions.runner import Context, Job, Outcome, Study
+
+
+@dataclasses.dataclass(frozen=True)
+class VGGConfig:
+    """One training run of the coursework (SPEC §3.2–§3.5). Defaults: the ``paper`` recipe."""
+
+    dataset: Literal["cifar100", "cifar10"] = "cifar100"
+    num_blocks: int = 5  # processing blocks per stage: 0 -> VGG08, 5 -> VGG38
+    norm: bool = False  # BatchNorm after every conv (processing and reduction blocks)
+    residual: bool = False  # identity skip around every processing block
+    bn_in_reduction: bool = True  # False: the student's BN-only-in-processing (338,116)
+    lr: float = 1e-3  # Adam base lr (the 1e-2 rows change only this)
+    lr_min: float = 2e-5  # cosine eta_min
+    schedule: Literal["cosine", "constant"] = "cosine"  # cosine: per epoch, T_max = epochs
+    epochs: int = 100
+    steps_per_epoch: int = 0  # 0: one pass over the training images
+    batch_size: int = 100
+    augment: bool = True  # per-image 4-px crop + flip (train only)
+    split: Literal["coursework", "head"] = "coursework"  # head: first train_images in file order
+    train_images: int = 0  # with split="head": how many leading training images
+    val_images: int = 0  # 0: the whole validation split; N: its first N images
+    test_images: int = 0  # 0: the whole test set; N: its first N images
+    grad_every: int = 50  # GradientLogger summary interval in steps
+    seed: int = 0
+    task: Literal["train", "init_gradients"] = "train"
+
+
+PAPER = VGGConfig()
+QUICK = dataclasses.replace(
+    PAPER, dataset="cifar10", schedule="constant", epochs=1, batch_size=32, augment=False,
+    split="head", train_images=2048, val_images=500, test_images=500, grad_every=10,
+)
+PROFILES = {"paper": PAPER, "quick": QUICK}
+
+# Table 1 rows: architecture and lr (SPEC §3.1).
+ROWS: dict[str, dict] = {
+    "vgg08": dict(num_blocks=0, lr=1e-3),
+    "vgg38": dict(num_blocks=5, lr=1e-3),
+    "vgg38_bn_1e-2": dict(num_blocks=5, norm=True, lr=1e-2),
+    "vgg38_bn_1e-3": dict(num_blocks=5, norm=True, lr=1e-3),
+    "vgg38_rc": dict(num_blocks=5, residual=True, lr=1e-3),
+    "vgg38_bnrc_1e-3": dict(num_blocks=5, norm=True, residual=True, lr=1e-3),
+    "vgg38_bnrc_1e-2": dict(num_blocks=5, norm=True, residual=True, lr=1e-2),
+}
+# quick: the rows whose claims fit CPU minutes, with the calibrated steps of §3.5 (Q2-Q4).
+QUICK_STEPS = {"vgg08": (5, 60), "vgg38_bnrc_1e-3": (2, 50), "vgg38": (1, 20)}
+INIT_ROWS: dict[str, dict] = {
+    "vgg08": dict(num_blocks=0),
+    "vgg38": dict(num_blocks=5),
+    "vgg38_rc": dict(num_blocks=5, residual=True),
+    "vgg38_bn": dict(num_blocks=5, norm=True),
+    "vgg38_bnrc": dict(num_blocks=5, norm=True, residual=True),
+}
+INIT_IMAGES = 100
+
+
+def paper_numbers() -> dict:
+    """The paper's and the course's numbers (``vgg_paper.json``, quoted from SPEC §3.1)."""
+    text = resources.files("depthlab.reproductions").joinpath("vgg_paper.json").read_text()
+    return json.loads(text)
+
+
+def label(key: str, config: VGGConfig) -> str:
+    name = "VGG08" if config.num_blocks == 0 else f"VGG{8 + 6 * config.num_blocks:02d}"
+    parts = [name] + [p for p, on in (("BN", config.norm), ("RC", config.residual)) if on]
+    return " ".join(parts) + f", lr {config.lr:g}"
+
+
+def table1_jobs(config: VGGConfig, rows: Sequence[str] | None) -> list[Job]:
+    quick = config.split == "head"
+    keys = rows or (list(QUICK_STEPS) if quick else list(ROWS))
+    jobs = []
+    for key in keys:
+        row = dict(ROWS[key])
+        if quick and key in QUICK_STEPS and config.steps_per_epoch == 0:
+            row["epochs"], row["steps_per_epoch"] = QUICK_STEPS[key]
+        job_config = dataclasses.replace(config, **row)
+        jobs.append(Job(key, label(key, job_config), job_config))
+    return jobs
+
+
+def init_jobs(config: VGGConfig, rows: Sequence[str] | None) -> list[Job]:
+    jobs = []
+    for key in rows or INIT_ROWS:
+        job_config = dataclasses.replace(config, **INIT_ROWS[key], epochs=1, steps_per_epoch=1,
+                                         schedule="constant", task="init_gradients")
+        jobs.append(Job(key, label(key, job_config).split(",")[0] + " at init", job_config))
+    return jobs
+
+
+# --- execution (imports Keras) -------------------------------------------------------------
+
+
+def _images(config: VGGConfig):
+    """(train, val, test) Splits of the configured data, as uint8 images and int labels."""
+    from depthlab import data
+
+    num_classes = 100 if config.dataset == "cifar100" else 10
+    if config.split == "head":
+        source = data.cifar(num_classes, split="official") if num_classes == 10 else None
+        if source is None:  # CIFAR-100 copy may be partial: ask only for what is needed
+            train = data.Split(data.cifar_images(100, "train", np.arange(config.train_images)),
+                               data.cifar_labels(100, "train")[: config.train_images])
+            val = data.cifar_split(100, "val")
+            test = data.cifar_split(100, "test")
+        else:
+            train = data.Split(source.train.x[: config.train_images],
+                               source.train.y[: config.train_images])
+            val, test = data.cifar_split(10, "val"), source.test
+    else:
+        dataset = data.cifar(num_classes, split="coursework")
+        train, val, test = dataset.train, dataset.val, dataset.test
+    val = _head(val, config.val_images)
+    test = _head(test, config.test_images)
+    return train, val, test, num_classes
+
+
+def _head(split, count: int):
+    from depthlab import data
+
+    return split if not count else data.Split(split.x[:count], split.y[:count])
+
+
+def _batches(split, config: VGGConfig, train: bool):
+    from depthlab import data
+
+    return data.ImageBatches(
+        split.x, split.y, batch_size=config.batch_size, mean=data.CIFAR10_MEAN,
+        std=data.CIFAR10_STD, augment=train and config.augment, shuffle=train, seed=config.seed,
+    )
+
+
+def _model_and_optimizer(config: VGGConfig, num_classes: int, steps_per_epoch: int):
+    import keras
+
+    from depthlab.callbacks.gradient_capture import GradientCapture
+    from depthlab.layers.vgg import build_vgg
+    from depthlab.schedules import EpochCosine
+
+    model = build_vgg(config.num_blocks, config.norm, config.residual, num_classes,
+                      bn_in_reduction=config.bn_in_reduction, seed=config.seed)
+    if config.schedule == "cosine":
+        lr = EpochCosine(config.lr, config.lr_min, config.epochs, steps_per_epoch)
+    else:
+        lr = config.lr
+    # torch defaults (SPEC §3.4): betas (0.9, 0.999), eps 1e-8, no weight decay.
+    inner = keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    if config.task == "init_gradients":  # one captured step that changes nothing
+        inner = keras.optimizers.SGD(0.0)
+    model.compile(optimizer=GradientCapture(inner),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def _grad_logger(model, config: VGGConfig):
+    from depthlab.callbacks.gradient_logger import GradientLogger
+    from depthlab.layers.vgg import gradient_flow_label
+
+    return GradientLogger(every_n_steps=config.grad_every, labels=gradient_flow_label,
+                          per_layer_metrics=True)
+
+
+def _trainable_params(model) -> int:
+    return int(sum(math.prod(v.shape) for v in model.trainable_weights))
+
+
+def execute_table1(job: Job, ctx: Context) -> dict[str, float]:
+    """Train one Table 1 row; return its last-epoch and best-checkpoint numbers."""
+    from depthlab import plots
+    from depthlab.callbacks.step_loss import StepLoss
+    from depthlab.layers.vgg import gradient_flow_labels
+
+    config = job.config
+    train, val, test, num_classes = _images(config)
+    train_batches = _batches(train, config, train=True)
+    steps = config.steps_per_epoch or len(train_batches)
+    model = _model_and_optimizer(config, num_classes, steps)
+    labels = [name for name, _ in gradient_flow_labels(model)]
+    step_loss = StepLoss(window=10)
+    history = ctx.fit(model, train_batches, epochs=config.epochs,
+                      validation=_batches(val, config, train=False),
+                      callbacks=[_grad_logger(model, config), step_loss],
+                      best_monitor="val_accuracy", steps_per_epoch=config.steps_per_epoch or None)
+    flow = np.array([ctx.metric_history(f"grad_mean_abs/{name}") for name in labels]).T
+    title = f"{job.label}: gradient flow ({_dataset_text(config)})"
+    ctx.log_text(_flow_csv(labels, flow), "gradient_flow.csv")
+    figure = plots.gradient_flow(labels, flow, title)
+    ctx.log_figure(figure, "gradient_flow.png")
+    plots.close(figure)
+    figure = plots.training_curves(history, f"{job.label} ({_dataset_text(config)})")
+    ctx.log_figure(figure, "curves.png")
+    plots.close(figure)
+    best_epoch = int(np.argmax(history["val_accuracy"])) if history.get("val_accuracy") else -1
+    ctx.load_best(model)
+    test_metrics = model.evaluate(_batches(test, config, train=False), return_dict=True, verbose=0)
+    results = {
+        "params": _trainable_params(model),
+        "train_loss": history["loss"][-1],
+        "train_acc": 100 * history["accuracy"][-1],
+        "val_loss": history["val_loss"][-1],
+        "val_acc": 100 * history["val_accuracy"][-1],
+        "test_loss": float(test_metrics["loss"]),
+        "test_acc": 100 * float(test_metrics["accuracy"]),
+        "best_epoch": best_epoch,
+        "last10_loss": step_loss.last_mean(10),
+        "steps": step_loss.steps,
+    }
+    results.update({f"grad.{name}": float(v) for name, v in zip(labels, flow[-1], strict=True)})
+    return results
+
+
+def execute_init(job: Job, ctx: Context) -> dict[str, float]:
+    """Mean |grad| per entry after one train-mode forward/backward at init (SPEC §3.5 Q1)."""
+    from depthlab import data
+    from depthlab.layers.vgg import gradient_flow_labels
+
+    config = dataclasses.replace(job.config, batch_size=INIT_IMAGES, augment=False)
+    train, _, _, num_classes = _images(config)
+    first = data.Split(train.x[:INIT_IMAGES], train.y[:INIT_IMAGES])
+    model = _model_and_optimizer(config, num_classes, 1)
+    ctx.fit(model, _batches(first, config, train=False), epochs=1,
+            callbacks=[_grad_logger(model, config)])
+    labels = [name for name, _ in gradient_flow_labels(model)]
+    values = [ctx.metric_history(f"grad_mean_abs/{name}")[-1] for name in labels]
+    ctx.log_text(_flow_csv(labels, np.array([values])), "gradient_flow_init.csv")
+    return {f"grad.{name}": float(v) for name, v in zip(labels, values, strict=True)}
+
+
+def execute(job: Job, ctx: Context) -> dict[str, float]:
+    if job.config.task == "init_gradients":
+        return execute_init(job, ctx)
+    return execute_table1(job, ctx)
+
+
+def _flow_csv(labels: Sequence[str], flow: np.ndarray) -> str:
+    lines = ["epoch," + ",".join(labels)]
+    lines += [f"{e}," + ",".join(f"{v:.6e}" for v in row) for e, row in enumerate(flow)]
+    return "\n".join(lines) + "\n"
+
+
+def _dataset_text(config: VGGConfig) -> str:
+    from depthlab import data
+
+    if config.dataset == "cifar10" and data.is_lossy("cifar10"):
+        return "CIFAR-10, lossy offline copy, not comparable to the paper"
+    return config.dataset.upper().replace("CIFAR", "CIFAR-")
+
+
+def tags(config: VGGConfig) -> dict[str, str]:
+    from depthlab import data
+
+    lossy = config.dataset == "cifar10" and data.is_lossy("cifar10")
+    return {"dataset": config.dataset, "data_copy": "lossy" if lossy else "exact",
+            "dataset_note": _dataset_text(config)}
+
+
+# --- report ------------------------------------------------------------------------------
+
+TABLE1_METRICS = (
+    ("params", "#params", 0), ("train_loss", "train loss", 3), ("train_acc", "train acc %", 2),
+    ("val_loss", "val loss", 3), ("val_acc", "val acc %", 2), ("test_acc", "test acc %", 2),
+)
+
+
+def report(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Comparison]:
+    """paper | ours | delta per row and metric; course values as the second reference."""
+    paper = paper_numbers()
+    comparable = config.dataset == "cifar100" and config.split == "coursework"
+    caveat = "" if comparable else f"ours: {_dataset_text(config)}, profile settings differ"
+    rows: list[Comparison] = []
+    for outcome in outcomes:
+        if table == "init":
+            rows += _init_rows(outcome, paper["init_gradients_quick"])
+            continue
+        ref = paper["rows"][outcome.job.key]
+        for key, metric, digits in TABLE1_METRICS:
+            ours = outcome.results.get(key)
+            notes = [caveat] if caveat and key != "params" else []
+            paper_value = ref.get(key)
+            paper_text = ref.get(f"{key}_text")
+            if key == "params":
+                paper_value, paper_text = ref["params_exact"], f"{ref['params_text']} (exact {ref['params_exact']:,})"
+                if outcome.job.config.dataset == "cifar10":
+                    notes.append("10-class head")
+            course = ref.get("course", {}).get(key)
+            if course is not None:
+                notes.append(f"course CSV: {course}")
+            if outcome.status in ("diverged", "failed"):
+                notes.append(outcome.status)
+            rows.append(Comparison(outcome.job.label, metric, paper_value, ours,
+                                   "; ".join(n for n in notes if n), paper_text, digits))
+    return rows
+
+
+def _init_rows(outcome: Outcome, reference: Mapping[str, list[float]]) -> list[Comparison]:
+    results = outcome.results
+    first = results.get("grad.input_conv_conv_0")
+    logit = results.get("grad.weight_logit_linear_layer")
+    seeds = reference.get(outcome.job.key, [])
+    note = ("spec Q1 (torch, MNIST, seeds 0/1/2): " + " / ".join(f"{v:.2g}" for v in seeds)
+            if seeds else "")
+    return [
+        Comparison(outcome.job.label, "mean|grad| input_conv_conv_0", seeds[0] if seeds else None,
+                   first, note, f"{seeds[0]:.2g}" if seeds else None),
+        Comparison(outcome.job.label, "mean|grad| logit layer", None, logit),
+    ]
+
+
+STUDY = Study(
+    name="vgg",
+    profiles=PROFILES,
+    tables={"1": table1_jobs, "init": init_jobs},
+    execute=execute,
+    report=report,
+    rows={"1": list(ROWS), "init": list(INIT_ROWS)},
+    tags=tags,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from depthlab.cli import main as cli_main
+
+    return cli_main(argv, study="vgg")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
