@@ -77,6 +77,8 @@ class Study:
         report: builds the comparison rows from (table id, base config, outcomes).
         rows: table id -> all row keys, for ``--rows`` validation and ``--list``.
         tags: config -> extra run tags (dataset, lossy copy, ...).
+        prepare: called with each job's config before any run starts; raises (e.g.
+            ``DataNotFoundError``) to stop a table that cannot run, before MLflow sees it.
     """
 
     name: str
@@ -86,6 +88,7 @@ class Study:
     report: Callable[[str, Any, list[Outcome]], list[report.Comparison]]
     rows: Mapping[str, Sequence[str]]
     tags: Callable[[Any], Mapping[str, str]] = lambda config: {}
+    prepare: Callable[[Any], None] = lambda config: None
 
 
 class Context:
@@ -160,12 +163,15 @@ class Context:
                     initial_value_threshold=max([0.0, *earlier]),
                 )
             )
+        if hasattr(train, "epoch_callback"):  # batches follow fit's epoch, resumes too
+            extra.insert(0, train.epoch_callback())
         model.fit(
             train,
             validation_data=validation,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             callbacks=[*callbacks, *extra],
+            shuffle=False,  # the data orders itself from (seed, epoch): exact resume
             verbose=0,
         )
         if logger.diverged_at is not None:
@@ -221,10 +227,12 @@ def run(
     """
     from depthlab import backend
 
+    jobs = study.tables[table](config, rows)
+    for job in jobs:
+        study.prepare(job.config)
     env_tags = {**backend.describe(), "git_commit": git_commit(), "profile": profile,
                 "study": study.name, "table": table, **study.tags(config)}
     experiment_id = tracking.experiment(f"depthlab-{study.name}")
-    jobs = study.tables[table](config, rows)
     outcomes: list[Outcome] = []
     parent_name = f"{study.name} table {table} ({profile}, {env_tags['backend']})"
     echo(f"{parent_name}: {len(jobs)} job(s); MLflow store {tracking.store_root()}")

@@ -23,6 +23,7 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -127,33 +128,29 @@ def init_jobs(config: VGGConfig, rows: Sequence[str] | None) -> list[Job]:
 
 
 def _images(config: VGGConfig):
-    """(train, val, test) Splits of the configured data, as uint8 images and int labels."""
+    """(train, val, test, num_classes) of the configured data: uint8 images, int labels."""
+    return _load(config.dataset, config.split, config.train_images, config.val_images,
+                 config.test_images)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(dataset: str, split: str, train_images: int, val_images: int, test_images: int):
     from depthlab import data
 
-    num_classes = 100 if config.dataset == "cifar100" else 10
-    if config.split == "head":
-        source = data.cifar(num_classes, split="official") if num_classes == 10 else None
-        if source is None:  # CIFAR-100 copy may be partial: ask only for what is needed
-            train = data.Split(data.cifar_images(100, "train", np.arange(config.train_images)),
-                               data.cifar_labels(100, "train")[: config.train_images])
-            val = data.cifar_split(100, "val")
-            test = data.cifar_split(100, "test")
-        else:
-            train = data.Split(source.train.x[: config.train_images],
-                               source.train.y[: config.train_images])
-            val, test = data.cifar_split(10, "val"), source.test
-    else:
-        dataset = data.cifar(num_classes, split="coursework")
-        train, val, test = dataset.train, dataset.val, dataset.test
-    val = _head(val, config.val_images)
-    test = _head(test, config.test_images)
-    return train, val, test, num_classes
+    num_classes = 100 if dataset == "cifar100" else 10
 
+    def part(name: str, count: int, indices=None):
+        """The first ``count`` images of a split (all when 0); only those are read, so a
+        partial offline copy serves what it holds and fails at once beyond it."""
+        idx = data.cifar_indices(name, "coursework") if indices is None else indices
+        idx = idx[:count] if count else idx
+        source = "test" if name == "test" else "train"
+        return data.Split(data.cifar_images(num_classes, source, idx),
+                          data.cifar_labels(num_classes, source)[idx])
 
-def _head(split, count: int):
-    from depthlab import data
-
-    return split if not count else data.Split(split.x[:count], split.y[:count])
+    head = np.arange(train_images) if split == "head" else None
+    train = part("train", train_images, head)
+    return train, part("val", val_images), part("test", test_images), num_classes
 
 
 def _batches(split, config: VGGConfig, train: bool):
@@ -342,6 +339,11 @@ def _init_rows(outcome: Outcome, reference: Mapping[str, list[float]]) -> list[C
     ]
 
 
+def prepare(config: VGGConfig) -> None:
+    """Load (and cache) the job's images now, so missing data stops the table at once."""
+    _images(config)
+
+
 STUDY = Study(
     name="vgg",
     profiles=PROFILES,
@@ -350,6 +352,7 @@ STUDY = Study(
     report=report,
     rows={"1": list(ROWS), "init": list(INIT_ROWS)},
     tags=tags,
+    prepare=prepare,
 )
 
 

@@ -1,0 +1,215 @@
+"""Per-image augmentation and the numpy input pipeline for ``model.fit`` (SPEC §0.5, §3.3).
+
+Keras' batched ``RandomCrop`` draws one offset per batch; here every image draws its own
+crop offset and flip, in numpy, so the pipeline is the same on every backend and needs no
+TensorFlow. Randomness is a pure function of (seed, epoch, batch index): a resumed run that
+starts at epoch e sees exactly the batches an uninterrupted run saw at epoch e.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+from depthlab.data import Dataset
+
+# torchvision's CIFAR-10 statistics; the coursework uses them for both CIFARs (SPEC §3.3).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def random_crop_flip(
+    images: np.ndarray, rng: np.random.Generator, pad: int = 4, flip: bool = True
+) -> np.ndarray:
+    """Random crop with ``pad`` zero padding, then horizontal flip p=0.5, per image.
+
+    Args:
+        images: (N, H, W, C) array (uint8 in the recipes; padding is 0 before scaling).
+        rng: numpy Generator the offsets (then the flips) are drawn from.
+        pad: zero padding on each side; offsets are uniform in 0..2*pad. Defaults to 4.
+        flip: also flip each image with probability 0.5. Defaults to True.
+
+    Returns:
+        An array of the same shape and dtype.
+    """
+    n, h, w = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
+    rows = offsets[:, :1] + np.arange(h)  # (n, h)
+    cols = offsets[:, 1:] + np.arange(w)  # (n, w)
+    if flip:
+        flips = rng.random(n) < 0.5
+        cols = np.where(flips[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def normalize(
+    images: np.ndarray, mean: Sequence[float] | float = 0.0, std: Sequence[float] | float = 1.0
+) -> np.ndarray:
+    """float32 ``(images / 255 - mean) / std``, per channel on the last axis (SPEC §3.3)."""
+    return _standardize(images.astype(np.float32) / np.float32(255), mean, std)
+
+
+def _standardize(scaled: np.ndarray, mean, std) -> np.ndarray:
+    return (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Shuffled, augmented, normalised float32 batches from uint8 images (SPEC §0.5).
+
+    Epochs: the object counts completed passes in ``on_epoch_end`` (Keras calls it after
+    each epoch; the calls it also makes around its first peek at the data, which serves
+    only the first one or two batches, are not counted). ``start_epoch`` (or setting
+    ``epoch``) resumes; :meth:`epoch_callback` ties ``epoch`` to ``fit``'s own epoch
+    number, exact also for one- or two-batch data. Pass ``shuffle=False`` to ``fit``: the
+    order is this object's (Keras would otherwise also permute the batch order).
+
+    Args:
+        x: images (N, H, W, C), or (N, H, W) for one channel.
+        y: labels (N,) (or any per-sample targets).
+        batch_size: images per batch. Defaults to 128.
+        mean: per-channel mean subtracted after /255. Defaults to 0.
+        std: per-channel std divided by after that. Defaults to 1.
+        augment: random crop (``pad`` zero padding) then flip p=0.5, per image.
+            Defaults to False.
+        shuffle: new permutation each epoch from (seed, epoch). Defaults to False.
+        seed: seed of the permutations and augmentations. Defaults to 0.
+        drop_last: drop the last partial batch. Defaults to False (kept).
+        start_epoch: epoch number of the first pass (resume). Defaults to 0.
+        pad: crop padding. Defaults to 4.
+        transform: optional ``f(batch, rng) -> batch`` applied after crop/flip to the
+            float32 batch in [0, 1], before normalisation (e.g. colour jitter).
+            Defaults to None.
+        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of PyDataset.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int = 128,
+        *,
+        mean: Sequence[float] | float = 0.0,
+        std: Sequence[float] | float = 1.0,
+        augment: bool = False,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        start_epoch: int = 0,
+        pad: int = 4,
+        transform: Transform | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if len(x) != len(y):
+            raise ValueError(f"x and y differ in length. Received: {len(x)=}, {len(y)=}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive. Received: {batch_size=}")
+        if np.ndim(x) not in (3, 4):
+            raise ValueError(f"x must be (N, H, W[, C]). Received: {np.shape(x)=}")
+        self.x, self.y = x, y
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.mean, self.std = mean, std
+        self.augment, self.shuffle, self.seed, self.pad = augment, shuffle, seed, pad
+        self.transform = transform
+        self.epoch = start_epoch
+        self._served: set[int] = set()
+        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """The sample order of an epoch (identity without shuffle)."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return np.arange(len(self.y))
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            perm = np.random.default_rng([self.seed, epoch, 0]).permutation(len(self.y))
+            self._order_cache = (epoch, perm)
+        return self._order_cache[1]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index out of range 0..{len(self) - 1}. Received: {index=}")
+        self._served.add(index)
+        idx = self.order()[index * self.batch_size : (index + 1) * self.batch_size]
+        images = self.x[idx]
+        channel_last = images.ndim == 3
+        if channel_last:
+            images = images[..., None]
+        rng = np.random.default_rng([self.seed, self.epoch, 1, index])
+        if self.augment:
+            images = random_crop_flip(images, rng, self.pad)
+        scaled = images.astype(np.float32) / np.float32(255)
+        if self.transform is not None:
+            scaled = self.transform(scaled, rng)
+        batch = _standardize(scaled, self.mean, self.std)
+        return (batch[..., 0] if channel_last else batch), self.y[idx]
+
+    def on_epoch_end(self) -> None:
+        """Count a pass that served every batch; Keras' peeks serve one or two."""
+        if len(self._served) >= len(self):
+            self.epoch += 1
+        self._served.clear()
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A callback setting ``epoch`` to ``fit``'s epoch number at each epoch's start."""
+
+        def begin(epoch: int, logs: dict | None = None) -> None:
+            self.epoch = epoch
+            self._served.clear()
+
+        return keras.callbacks.LambdaCallback(on_epoch_begin=begin)
+
+
+def split_batches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    mean: Sequence[float] | float = CIFAR10_MEAN,
+    std: Sequence[float] | float = CIFAR10_STD,
+    augment: bool = True,
+    seed: int = 0,
+    shuffle_eval: bool = False,
+    **kwargs,
+) -> dict[str, ImageBatches]:
+    """The recipe's pipelines: train shuffled (and augmented), val/test never augmented.
+
+    Args:
+        dataset: a loaded :class:`depthlab.data.Dataset`.
+        batch_size: batch size of every split.
+        mean: normalisation mean. Defaults to ``CIFAR10_MEAN``.
+        std: normalisation std. Defaults to ``CIFAR10_STD``.
+        augment: crop+flip on the training split. Defaults to True.
+        seed: pipeline seed. Defaults to 0.
+        shuffle_eval: shuffle val/test too (the coursework does; metrics are means).
+            Defaults to False.
+        **kwargs: passed to every :class:`ImageBatches` (``drop_last``, ``workers``...).
+
+    Returns:
+        ``{"train": ..., "val": ..., "test": ...}`` (no "val" when the data set has none).
+    """
+    splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+    out = {}
+    for part, split in splits.items():
+        if split is None:
+            continue
+        train = part == "train"
+        out[part] = ImageBatches(
+            split.x,
+            split.y,
+            batch_size,
+            mean=mean,
+            std=std,
+            augment=augment and train,
+            shuffle=train or shuffle_eval,
+            seed=seed,
+            **kwargs,
+        )
+    return out

@@ -1,0 +1,656 @@
+"""Data sets: file resolution, checked downloads, loaders and splits (SPEC §0.5).
+
+Each data set is one npz file ``<name>.npz`` with the keys of the offline folder
+(``shared/data/README.md``) in the data directory: ``$DEPTHLAB_DATA_DIR`` (a relative value
+is resolved against the working directory), default ``~/.cache/depthlab``. A missing file is
+downloaded from the canonical source (:data:`SOURCES`), checked (archive sha256 where
+published, then the content sha256s of §0.5), converted and written atomically; when that
+fails the loader raises :class:`DataNotFoundError` within seconds.
+
+Loaders return numpy arrays (uint8 images, int64 labels) in a frozen :class:`Dataset`.
+The per-image augmentation pipeline is :class:`depthlab.augment.ImageBatches` (also
+importable from here).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import re
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+ENV_VAR = "DEPTHLAB_DATA_DIR"
+DEFAULT_DIR = Path("~/.cache/depthlab")
+TIMEOUT_S = 10.0  # socket timeout of a download; there is no retry loop
+NAMES = ("mnist", "cifar10", "cifar100", "usps", "coil20")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data file is neither in the data directory nor downloadable, or is partial."""
+
+
+class PartialDataError(DataNotFoundError):
+    """The request reaches beyond the images a partial copy holds (CIFAR-100 offline)."""
+
+
+class _DownloadError(DataNotFoundError):
+    """A download failed (network unreachable, HTTP error, timeout)."""
+
+
+class ChecksumError(ValueError):
+    """A downloaded archive or a converted array does not have its published sha256."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One file to download: its URL and its published sha256 (None: none published)."""
+
+    url: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a data set comes from and the content digests its conversion must match."""
+
+    remotes: tuple[Remote, ...]
+    content_sha256: Mapping[str, str] = field(default_factory=dict)
+
+
+_CIFAR = "https://www.cs.toronto.edu/~kriz/"
+_ESL = "https://hastie.su.domains/ElemStatLearn/datasets/"
+_COIL = "https://www.cs.columbia.edu/CAVE/databases/SLAM_coil-20_coil-100/coil-20/"
+
+# SPEC §0.5 table. Tests replace entries with local file:// archives.
+SOURCES: dict[str, Source] = {
+    "mnist": Source(
+        (
+            Remote(
+                "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+                "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
+            ),
+        ),
+        {
+            "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+            "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+            "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+            "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+        },
+    ),
+    "cifar10": Source(
+        (
+            Remote(
+                _CIFAR + "cifar-10-python.tar.gz",
+                "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+            ),
+        ),
+        {
+            "y_train": "2b7cd2f24487317614016b72ffd53071c3062f592f0eb300c18a770d41ae1253",
+            "y_test": "cec8a24a1e92aa2ecaa0bbd3dbfa86bf6cd8759fbd209a832824c8cf0afca9d5",
+        },
+    ),
+    "cifar100": Source(
+        (
+            Remote(
+                _CIFAR + "cifar-100-python.tar.gz",
+                "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+            ),
+        ),
+        {
+            "y_train_fine": "9f11b9f97aad759ba6df0a33e3218b01d8deaf4ed3a14aa1185d69b9ad7ebcb3",
+            "y_test_fine": "4dad7d09c7c97d33f6cb928d705cf4196221316fd6e31bdd978a08ed9103ee0b",
+            "y_train_coarse": "1804078d4e89b6b90bd5da6ffead1404596f6eecba15ceb8d95b6a09dfbba4c0",
+            "y_test_coarse": "48df17fb3bf299f43dd7e131db11ca0ea8b07d750be8b6dcf7ad6ff1b4cc721d",
+        },
+    ),
+    "usps": Source(
+        (Remote(_ESL + "zip.train.gz"), Remote(_ESL + "zip.test.gz")),
+        {
+            "x_train_milli": "19278ce4e0242e481c6dd79ee608eac38d318df582628cd12bb841fdf0568f44",
+            "x_test_milli": "9c748d6be2e9da7d29b975c23c281f30a623fe85d17554cdeb3081ad123882f6",
+            "y_train": "ee5027fd47b76715ac18ca27e72fa1332bde98e0b8ce593b503bb2bdb6c03da0",
+            "y_test": "0b8b792b8ca1c5c704fd9d5bbd1b261623a359e6c8c65b23db428257beea7800",
+        },
+    ),
+    "coil20": Source(
+        (Remote(_COIL + "coil-20-proc.zip"),),
+        {
+            "x": "7274cbacb79ea6c57340827c9f9301745a8e9b3173dea4aa828e00b49c42946c",
+            "y": "a22ff6e9fffd9ab9e6642d754011ea1bbd4849f7ef87061d969a97c0954a0825",
+            "pose": "695754c0ed60c66a41ff01cd7c2ae05f19156d381ddb2b5a72e2d7c6a815867f",
+        },
+    ),
+}
+
+# Known lossy copies, by file sha256 (shared/data/README.md): size -> (sha256, why).
+LOSSY_FILES: dict[int, tuple[str, str]] = {
+    170_969_223: (
+        "3b12430763a6ac0180de7c5de4afc91bacfbbb3e45b3024372fc526386cdde8a",
+        "offline CIFAR-10: labels exact, pixels re-encoded as JPEG q75",
+    ),
+}
+
+
+# --- resolution and download -------------------------------------------------------------
+
+
+def data_dir() -> Path:
+    """The directory searched for ``<name>.npz`` and written by downloads (SPEC §0.5)."""
+    value = os.environ.get(ENV_VAR)
+    folder = Path(value).expanduser() if value else DEFAULT_DIR.expanduser()
+    return Path(os.path.abspath(folder))  # a relative value is taken from the cwd
+
+
+def _check_name(name: str) -> None:
+    if name not in SOURCES:
+        raise ValueError(f"unknown data set; choose one of {', '.join(SOURCES)}. Received: {name=}")
+
+
+def path(name: str, download: bool = True) -> Path:
+    """Resolve ``<name>.npz`` in :func:`data_dir`, downloading it when missing.
+
+    Args:
+        name: one of ``NAMES``.
+        download: try the canonical source when the file is missing. Defaults to True.
+
+    Returns:
+        The path of the npz file.
+
+    Raises:
+        DataNotFoundError: missing and not downloadable (offline: within seconds).
+        ChecksumError: the download does not match its published digests.
+    """
+    _check_name(name)
+    folder = data_dir()
+    file = folder / f"{name}.npz"
+    if file.is_file():
+        return file
+    hint = f"{name}.npz not found in {folder} (set {ENV_VAR} to the folder holding it)"
+    if not download:
+        raise DataNotFoundError(hint)
+    try:
+        return fetch(name, folder)
+    except _DownloadError as exc:
+        raise DataNotFoundError(f"{hint}; {exc}") from exc
+
+
+def fetch(name: str, directory: str | os.PathLike | None = None) -> Path:
+    """Download, check and convert ``name`` into ``<directory>/<name>.npz`` (atomic write).
+
+    Args:
+        name: one of ``NAMES``.
+        directory: target folder. Defaults to :func:`data_dir`.
+
+    Returns:
+        The path written.
+
+    Raises:
+        DataNotFoundError: the download failed (no network: within seconds).
+        ChecksumError: archive or content digest mismatch (nothing is written).
+    """
+    _check_name(name)
+    source = SOURCES[name]
+    target = Path(directory) if directory is not None else data_dir()
+    with tempfile.TemporaryDirectory(prefix=f"depthlab-{name}-") as tmp:
+        files = [_download(remote, Path(tmp)) for remote in source.remotes]
+        arrays = CONVERTERS[name](*files)
+    for key, want in source.content_sha256.items():
+        got = array_sha256(arrays[key])
+        if got != want:
+            raise ChecksumError(f"{name}.npz array {key}: expected sha256 {want}, got {got}")
+    return _save_atomic(arrays, target / f"{name}.npz")
+
+
+def _download(remote: Remote, folder: Path) -> Path:
+    out = folder / (Path(urlsplit(remote.url).path).name or "download")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(remote.url, timeout=TIMEOUT_S) as got, open(out, "wb") as f:
+            for block in iter(lambda: got.read(1 << 20), b""):
+                digest.update(block)
+                f.write(block)
+    except (urllib.error.URLError, OSError) as exc:  # URLError, timeouts, resets
+        reason = getattr(exc, "reason", exc)
+        raise _DownloadError(f"download of {remote.url} failed: {reason}") from exc
+    if remote.sha256 is not None and digest.hexdigest() != remote.sha256:
+        raise ChecksumError(
+            f"{out.name} from {remote.url}: expected sha256 {remote.sha256}, "
+            f"got {digest.hexdigest()}"
+        )
+    return out
+
+
+def _save_atomic(arrays: Mapping[str, np.ndarray], file: Path) -> Path:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return file
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """SPEC §0.5 content digest: sha256 of the C-contiguous array bytes."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def file_sha256(file: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- conversion of the canonical archives to the offline npz format ----------------------
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR python batches, refusing any global but numpy's array rebuild."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected global {module}.{name} in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _cifar_members(archive: Path, names: Sequence[str]) -> dict[str, dict]:
+    found = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            base = member.name.rsplit("/", 1)[-1]
+            if member.isfile() and base in names:
+                found[base] = _CifarUnpickler(tar.extractfile(member), encoding="bytes").load()
+    missing = set(names) - set(found)
+    if missing:
+        raise ValueError(f"{archive.name} lacks {sorted(missing)}")
+    return found
+
+
+def _cifar_images(batches: Sequence[dict]) -> np.ndarray:
+    rows = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
+    return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+
+
+def _cifar_ints(batches: Sequence[dict], key: bytes) -> np.ndarray:
+    return np.concatenate([np.asarray(b[key], dtype=np.uint8) for b in batches])
+
+
+def _names(values: Sequence[bytes]) -> np.ndarray:
+    return np.array([v.decode() for v in values])
+
+
+def convert_cifar10(archive: Path) -> dict[str, np.ndarray]:
+    """``cifar-10-python.tar.gz`` -> offline keys (x_train, y_train, x_test, y_test, names)."""
+    train_names = [f"data_batch_{i}" for i in range(1, 6)]
+    got = _cifar_members(archive, [*train_names, "test_batch", "batches.meta"])
+    train, test = [got[n] for n in train_names], [got["test_batch"]]
+    return {
+        "x_train": _cifar_images(train),
+        "y_train": _cifar_ints(train, b"labels"),
+        "x_test": _cifar_images(test),
+        "y_test": _cifar_ints(test, b"labels"),
+        "label_names": _names(got["batches.meta"][b"label_names"]),
+    }
+
+
+def convert_cifar100(archive: Path) -> dict[str, np.ndarray]:
+    """``cifar-100-python.tar.gz`` -> the offline keys, full images as x_train / x_test."""
+    got = _cifar_members(archive, ["train", "test", "meta"])
+    out = {}
+    for part in ("train", "test"):
+        out[f"x_{part}"] = _cifar_images([got[part]])
+        out[f"y_{part}_fine"] = _cifar_ints([got[part]], b"fine_labels")
+        out[f"y_{part}_coarse"] = _cifar_ints([got[part]], b"coarse_labels")
+    for kind in ("fine", "coarse"):
+        out[f"{kind}_label_names"] = _names(got["meta"][f"{kind}_label_names".encode()])
+    return out
+
+
+def convert_mnist(archive: Path) -> dict[str, np.ndarray]:
+    """Keras' ``mnist.npz`` -> the same four arrays (re-saved compressed)."""
+    with np.load(archive, allow_pickle=False) as npz:
+        return {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+
+
+def _usps_rows(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(file, "rt") as f:
+        rows = [line.split()[:257] for line in f if line.strip()]
+    values = np.array(rows, dtype=np.float64)
+    milli = np.rint(values[:, 1:] * 1000).astype(np.int16).reshape(-1, 16, 16)
+    return milli, values[:, 0].astype(np.uint8)
+
+
+def usps_uint8(milli: np.ndarray) -> np.ndarray:
+    """The uint8 rendering of the ESL values, as torchvision does it (data README)."""
+    as_float = (milli.astype(np.float64) / 1000.0).astype(np.float32)
+    return ((as_float + 1) / 2 * 255).astype(np.uint8)
+
+
+def convert_usps(train: Path, test: Path) -> dict[str, np.ndarray]:
+    """ESL ``zip.train.gz`` / ``zip.test.gz`` (digit, then 256 values in [-1, 1])."""
+    out = {}
+    for part, file in (("train", train), ("test", test)):
+        milli, labels = _usps_rows(file)
+        out |= {f"x_{part}": usps_uint8(milli), f"y_{part}": labels, f"x_{part}_milli": milli}
+    return out
+
+
+def convert_coil20(archive: Path) -> dict[str, np.ndarray]:
+    """``coil-20-proc.zip`` of ``obj<N>__<P>.png`` -> x, y = N - 1, pose = P (object-major)."""
+    from PIL import Image  # Pillow comes with matplotlib
+
+    found = []
+    with zipfile.ZipFile(archive) as zf:
+        for entry in zf.namelist():
+            match = re.fullmatch(r"obj(\d+)__(\d+)\.png", entry.rsplit("/", 1)[-1])
+            if match:
+                with Image.open(io.BytesIO(zf.read(entry))) as img:
+                    pixels = np.asarray(img if img.mode == "L" else img.convert("L"))
+                found.append((int(match[1]) - 1, int(match[2]), pixels))
+    if not found:
+        raise ValueError(f"{archive.name} holds no obj<N>__<P>.png images")
+    found.sort(key=lambda item: item[:2])
+    return {
+        "x": np.stack([item[2] for item in found]).astype(np.uint8),
+        "y": np.array([item[0] for item in found], dtype=np.uint8),
+        "pose": np.array([item[1] for item in found], dtype=np.uint8),
+    }
+
+
+CONVERTERS = {
+    "mnist": convert_mnist,
+    "cifar10": convert_cifar10,
+    "cifar100": convert_cifar100,
+    "usps": convert_usps,
+    "coil20": convert_coil20,
+}
+
+
+# --- cached reading ----------------------------------------------------------------------
+
+
+def _stamp(name: str) -> tuple[str, int, int]:
+    file = path(name)
+    stat = file.stat()
+    return str(file), stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=16)
+def _lossy(file: str, mtime_ns: int, size: int) -> bool:
+    known = LOSSY_FILES.get(size)
+    return known is not None and file_sha256(file) == known[0]
+
+
+def is_lossy(name: str) -> bool:
+    """True when ``name`` resolves to a known lossy copy (the offline CIFAR-10, JPEG q75).
+
+    The file digest is computed once per (path, mtime, size) and only for files whose
+    size matches a known lossy copy. Studies tag runs and tables with it (SPEC §0.2).
+    """
+    return _lossy(*_stamp(name))
+
+
+@functools.lru_cache(maxsize=16)
+def _keys(file: str, mtime_ns: int, size: int) -> frozenset[str]:
+    with np.load(file, allow_pickle=False) as npz:
+        return frozenset(npz.files)
+
+
+@functools.lru_cache(maxsize=32)
+def _array(file: str, mtime_ns: int, size: int, key: str) -> np.ndarray:
+    with np.load(file, allow_pickle=False) as npz:
+        array = npz[key]
+    array.flags.writeable = False  # shared between callers
+    return array
+
+
+def keys(name: str) -> frozenset[str]:
+    """The array names stored in ``<name>.npz``."""
+    return _keys(*_stamp(name))
+
+
+def array(name: str, key: str) -> np.ndarray:
+    """One stored array, read once per process and returned read-only."""
+    return _array(*_stamp(name), key)
+
+
+# --- datasets ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images ``x`` (N, H, W[, C]) and int64 labels ``y`` (N,), possibly read-only (shared)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set's splits; ``val`` is None where the recipe has no validation set."""
+
+    name: str
+    train: Split
+    val: Split | None
+    test: Split
+    num_classes: int
+    lossy: bool
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    return np.asarray(y, dtype=np.int64)
+
+
+def mnist() -> Dataset:
+    """MNIST, 60,000 / 10,000 images 28x28 uint8 in file order (SPEC §0.5, §2.3)."""
+    train = Split(array("mnist", "x_train"), _labels(array("mnist", "y_train")))
+    test = Split(array("mnist", "x_test"), _labels(array("mnist", "y_test")))
+    return Dataset("mnist", train, None, test, 10, is_lossy("mnist"))
+
+
+def usps(milli: bool = False) -> Dataset:
+    """USPS (ESL version), 7,291 / 2,007 images 16x16, standard split (SPEC §4.3).
+
+    Args:
+        milli: return the exact int16 values round(1000 * v), v in [-1, 1], instead of the
+            uint8 rendering. Defaults to False.
+    """
+    suffix = "_milli" if milli else ""
+    train = Split(array("usps", "x_train" + suffix), _labels(array("usps", "y_train")))
+    test = Split(array("usps", "x_test" + suffix), _labels(array("usps", "y_test")))
+    return Dataset("usps", train, None, test, 10, is_lossy("usps"))
+
+
+def block_mean(x: np.ndarray, size: int) -> np.ndarray:
+    """Resize (N, H, W) images to (N, size, size) by exact block means (float32, 0..255)."""
+    n, h, w = x.shape
+    if h % size or w % size:
+        raise ValueError(f"size must divide the image size {h}x{w}. Received: {size=}")
+    blocks = x.reshape(n, size, h // size, size, w // size).astype(np.float32)
+    return blocks.mean(axis=(2, 4), dtype=np.float32)
+
+
+def coil20(resize: int | None = 32, seed: int = 0) -> Dataset:
+    """COIL-20 processed, 1,440 images of 20 objects x 72 poses (SPEC §4.3).
+
+    Split: ``np.random.default_rng(seed).permutation(1440)``, first 1,008 train, last 432
+    test, in permutation order (not stratified).
+
+    Args:
+        resize: output side by block mean (128 -> 32 averages 4x4 blocks), giving float32
+            values in 0..255 that are exact multiples of 1/16; None keeps the uint8
+            128x128 images. Defaults to 32.
+        seed: split seed. Defaults to 0.
+    """
+    x = array("coil20", "x")
+    if resize is not None:
+        x = block_mean(x, resize)
+    y = _labels(array("coil20", "y"))
+    order = np.random.default_rng(seed).permutation(len(y))
+    train, test = order[:1008], order[1008:]
+    return Dataset(
+        "coil20", Split(x[train], y[train]), None, Split(x[test], y[test]), 20, is_lossy("coil20")
+    )
+
+
+# --- CIFAR -------------------------------------------------------------------------------
+
+
+def _cifar_name(num_classes: int) -> str:
+    if num_classes not in (10, 100):
+        raise ValueError(f"num_classes must be 10 or 100. Received: {num_classes=}")
+    return f"cifar{num_classes}"
+
+
+def cifar_indices(part: str, split: str = "coursework") -> np.ndarray:
+    """Indices of a split's images in the file they come from (SPEC §3.3).
+
+    Args:
+        part: "train" or "val" (into the training file) or "test" (into the test file).
+        split: "coursework": train = ``RandomState(0).choice(50000, 47500, replace=False)``
+            in that order, val = the other 2,500 ascending; "official": train = all 50,000,
+            no val. Test is the file order in both. Defaults to "coursework".
+    """
+    if split not in ("coursework", "official"):
+        raise ValueError(f'split must be "coursework" or "official". Received: {split=}')
+    if part == "test":
+        return np.arange(10_000)
+    if part not in ("train", "val"):
+        raise ValueError(f'part must be "train", "val" or "test". Received: {part=}')
+    if split == "official":
+        return np.arange(50_000) if part == "train" else np.arange(0)
+    train = _coursework_train()
+    return train if part == "train" else np.setdiff1d(np.arange(50_000), train)
+
+
+@functools.lru_cache(maxsize=1)
+def _coursework_train() -> np.ndarray:
+    train = np.random.RandomState(0).choice(50_000, 47_500, replace=False)
+    train.flags.writeable = False
+    return train
+
+
+def cifar_labels(num_classes: int, source: str, coarse: bool = False) -> np.ndarray:
+    """All labels of the "train" or "test" file (fine labels for CIFAR-100 by default)."""
+    name = _cifar_name(num_classes)
+    key = f"y_{source}" + ("" if num_classes == 10 else "_coarse" if coarse else "_fine")
+    return _labels(array(name, key))
+
+
+def cifar_available(num_classes: int, source: str) -> int:
+    """How many leading images of the "train"/"test" file the resolved copy holds."""
+    name = _cifar_name(num_classes)
+    if f"x_{source}" in keys(name):
+        return len(array(name, f"y_{source}" + ("" if num_classes == 10 else "_fine")))
+    if f"x_{source}_head" in keys(name):
+        return len(array(name, f"x_{source}_head"))
+    raise DataNotFoundError(f"{name}.npz in {data_dir()} holds no {source} images")
+
+
+def cifar_images(num_classes: int, source: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Images (N, 32, 32, 3) uint8 of the "train"/"test" file at ``indices``.
+
+    Raises:
+        PartialDataError: at once, when an index lies beyond a partial copy's images.
+    """
+    name = _cifar_name(num_classes)
+    idx = np.asarray(indices, dtype=np.int64)
+    if f"x_{source}" in keys(name):
+        return array(name, f"x_{source}")[idx]
+    held = cifar_available(num_classes, source)
+    if idx.size and int(idx.max()) >= held:
+        raise PartialDataError(
+            f"{name}.npz in {data_dir()} is a partial copy: it holds only the first {held} "
+            f"{source} images (all labels), index {int(idx.max())} was requested; get the "
+            f"full copy with depthlab.data.fetch({name!r}, DIR) where the network is "
+            f"reachable and set {ENV_VAR}=DIR"
+        )
+    return array(name, f"x_{source}_head")[idx]
+
+
+def cifar_split(num_classes: int, part: str, split: str = "coursework") -> Split:
+    """One split's images and labels; fails at once beyond a partial copy (SPEC §0.5).
+
+    The gathered arrays are cached per process (read-only), like the stored ones.
+    """
+    return _cifar_split(num_classes, part, split, _stamp(_cifar_name(num_classes)))
+
+
+@functools.lru_cache(maxsize=6)
+def _cifar_split(num_classes: int, part: str, split: str, stamp: tuple) -> Split:
+    source = "test" if part == "test" else "train"
+    idx = cifar_indices(part, split)
+    x = cifar_images(num_classes, source, idx)
+    y = cifar_labels(num_classes, source)[idx]
+    x.flags.writeable = y.flags.writeable = False
+    return Split(x, y)
+
+
+def cifar(num_classes: int = 10, split: str = "coursework") -> Dataset:
+    """CIFAR-10/100 with the coursework or official split (SPEC §3.3); fine labels for 100.
+
+    Raises:
+        PartialDataError: the resolved copy is partial (the offline CIFAR-100).
+    """
+    name = _cifar_name(num_classes)
+    parts = {p: cifar_split(num_classes, p, split) for p in ("train", "test")}
+    val = cifar_split(num_classes, "val", split) if split == "coursework" else None
+    return Dataset(name, parts["train"], val, parts["test"], num_classes, is_lossy(name))
+
+
+LOADERS: dict[str, Any] = {
+    "mnist": mnist,
+    "usps": usps,
+    "coil20": coil20,
+    "cifar10": functools.partial(cifar, 10),
+    "cifar100": functools.partial(cifar, 100),
+}
+
+
+def load(name: str, **kwargs: Any) -> Dataset:
+    """Load a data set by name (``NAMES``), passing loader options on."""
+    _check_name(name)
+    return LOADERS[name](**kwargs)
+
+
+def __getattr__(attr: str) -> Any:
+    # The pipeline imports Keras; keep `import depthlab.data` free of it until needed.
+    if attr in ("ImageBatches", "CIFAR10_MEAN", "CIFAR10_STD"):
+        from depthlab import augment
+
+        return getattr(augment, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

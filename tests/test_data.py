@@ -1,0 +1,456 @@
+"""depthlab.data and depthlab.augment (SPEC §0.5, §3.3, §4.3, shared/data/README.md).
+
+Real offline copies for counts and splits; small archives built here, in the canonical
+formats, for conversion and checksums (served from file:// URLs: nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from depthlab import augment, data
+from PIL import Image
+
+SHARED_DATA = Path(os.environ["DEPTHLAB_DATA_DIR"])  # set by conftest.py
+
+# ---------------------------------------------------------------- resolution, errors
+
+
+def test_data_dir_relative_and_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DEPTHLAB_DATA_DIR", "rel/dir")
+    assert data.data_dir() == tmp_path / "rel" / "dir"
+    monkeypatch.delenv("DEPTHLAB_DATA_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.data_dir() == tmp_path / "home" / ".cache" / "depthlab"
+
+
+def test_offline_resolution():
+    assert data.data_dir().resolve() == SHARED_DATA.resolve()
+    assert data.path("usps").resolve() == SHARED_DATA.resolve() / "usps.npz"
+    with pytest.raises(ValueError, match="Received: name='svhn'"):
+        data.path("svhn")
+
+
+def test_missing_file_fails_fast_offline(tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    monkeypatch.setenv("DEPTHLAB_DATA_DIR", str(empty))
+    # an unroutable local port: refused at once, never a remote host
+    dead = data.Source((data.Remote("http://127.0.0.1:9/zip.train.gz"),))
+    monkeypatch.setitem(data.SOURCES, "usps", dead)
+    start = time.monotonic()
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.usps()
+    assert time.monotonic() - start < 5
+    message = str(info.value)
+    assert "usps.npz" in message and str(empty) in message and "DEPTHLAB_DATA_DIR" in message
+    assert "\n" not in message
+    assert isinstance(info.value, FileNotFoundError)
+    assert not empty.exists()  # nothing written, not even the folder
+    with pytest.raises(data.DataNotFoundError, match="usps.npz not found"):
+        data.path("usps", download=False)
+
+
+# ---------------------------------------------------------------- real offline copies
+
+
+def counts(y: np.ndarray, n: int) -> list[int]:
+    return np.bincount(y, minlength=n).tolist()
+
+
+def test_mnist_counts():
+    ds = data.mnist()
+    assert ds.train.x.shape == (60000, 28, 28) and ds.train.x.dtype == np.uint8
+    assert ds.test.x.shape == (10000, 28, 28) and ds.val is None
+    assert counts(ds.train.y, 10) == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert counts(ds.test.y, 10) == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert ds.train.y[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert ds.train.y.dtype == np.int64
+    assert not ds.lossy and not data.is_lossy("mnist")
+
+
+def test_usps_counts_and_uint8_rendering():
+    ds = data.usps()
+    assert ds.train.x.shape == (7291, 16, 16) and ds.test.x.shape == (2007, 16, 16)
+    assert counts(ds.train.y, 10) == [1194, 1005, 731, 658, 652, 556, 664, 645, 542, 644]
+    assert counts(ds.test.y, 10) == [359, 264, 198, 166, 200, 160, 170, 147, 166, 177]
+    milli = data.usps(milli=True)
+    assert milli.train.x.dtype == np.int16 and milli.train.x.min() == -1000
+    # the converter's uint8 rendering reproduces the offline arrays exactly
+    assert np.array_equal(data.usps_uint8(milli.test.x), ds.test.x)
+
+
+def test_coil20_split_and_resize():
+    ds = data.coil20()
+    assert counts(data.array("coil20", "y"), 20) == [72] * 20
+    assert (len(ds.train), len(ds.test), ds.num_classes) == (1008, 432, 20)
+    order = np.random.default_rng(0).permutation(1440)
+    raw = data.array("coil20", "x")
+    first = order[0]
+    assert ds.train.y[0] == first // 72  # rows are object-major (row = 72 * y + pose)
+    # 4x4 block mean, checked on one output pixel by hand
+    assert ds.train.x.shape == (1008, 32, 32) and ds.train.x.dtype == np.float32
+    assert ds.train.x[0, 5, 7] == raw[first, 20:24, 28:32].astype(np.float64).mean()
+    assert ds.test.y[-1] == order[-1] // 72
+    full = data.coil20(resize=None, seed=1)
+    assert full.train.x.dtype == np.uint8 and full.train.x.shape == (1008, 128, 128)
+    assert np.array_equal(full.test.x[0], raw[np.random.default_rng(1).permutation(1440)[1008]])
+
+
+def test_cifar_coursework_split_indices():
+    train = data.cifar_indices("train")
+    assert train[:10].tolist() == [
+        11841, 19602, 45519, 25747, 42642, 31902, 30346, 12363, 32490, 26128,
+    ]  # fmt: skip
+    val = data.cifar_indices("val")
+    assert len(train) == 47500 and len(val) == 2500
+    assert val[:5].tolist() == [52, 55, 63, 81, 93] and val[-1] == 49994
+    assert int(val.sum()) == 62_248_100
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(50000))
+    assert np.array_equal(data.cifar_indices("test"), np.arange(10000))
+    assert len(data.cifar_indices("train", "official")) == 50000
+    assert len(data.cifar_indices("val", "official")) == 0
+
+
+def test_cifar10_dataset():
+    ds = data.cifar(10)
+    assert (ds.name, ds.num_classes, ds.lossy) == ("cifar10", 10, True)
+    assert ds.train.x.shape == (47500, 32, 32, 3) and ds.train.x.dtype == np.uint8
+    assert (len(ds.val), len(ds.test)) == (2500, 10000)
+    x_train, y_train = data.array("cifar10", "x_train"), data.array("cifar10", "y_train")
+    assert np.array_equal(ds.train.x[0], x_train[11841]) and ds.train.y[0] == y_train[11841]
+    assert np.array_equal(ds.val.x[-1], x_train[49994])
+    assert ds.test.y[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert counts(ds.test.y, 10) == [1000] * 10
+    assert counts(data.cifar_labels(10, "train"), 10) == [5000] * 10
+    assert data.is_lossy("cifar10")
+    assert data._lossy.cache_info().hits >= 1  # the 171 MB digest is computed once
+
+
+def test_cifar100_partial_copy():
+    fine = data.cifar_labels(100, "train")
+    assert len(fine) == 50000 and counts(fine, 100) == [500] * 100
+    assert data.cifar_labels(100, "test")[:10].tolist() == [49, 33, 72, 51, 71, 92, 15, 14, 23, 0]
+    assert counts(data.cifar_labels(100, "test", coarse=True), 20) == [500] * 20
+    assert data.cifar_available(100, "train") == 486
+    assert data.cifar_available(100, "test") == 916
+    # requests within the copy are served: e.g. the coursework train images it holds
+    train = data.cifar_indices("train")
+    held = train[train < 486]
+    images = data.cifar_images(100, "train", held)
+    assert images.shape == (len(held), 32, 32, 3) and len(held) > 400
+    head = data.array("cifar100", "x_test_head")
+    assert np.array_equal(data.cifar_images(100, "test", [0, 915]), head[[0, 915]])
+    start = time.monotonic()
+    with pytest.raises(data.PartialDataError, match="partial copy.*first 486 train") as info:
+        data.cifar(100)
+    assert time.monotonic() - start < 2
+    assert isinstance(info.value, data.DataNotFoundError) and "cifar100.npz" in str(info.value)
+    with pytest.raises(data.PartialDataError, match="index 486"):
+        data.cifar_images(100, "train", [0, 486])
+    with pytest.raises(data.PartialDataError):
+        data.cifar_split(100, "val")
+    assert not data.is_lossy("cifar100")
+
+
+# ---------------------------------------------------------------- conversion, checksums
+
+
+def sha(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def cifar_rows(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 3, 1, 2).reshape(len(x), 3072)
+
+
+def tar_gz(members: dict[str, object]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, obj in members.items():
+            blob = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+def build_cifar10(rng):
+    x = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 12).astype(np.uint8)
+    members = {
+        f"cifar-10-batches-py/data_batch_{i + 1}": {
+            b"data": cifar_rows(x[2 * i : 2 * i + 2]),
+            b"labels": y[2 * i : 2 * i + 2].tolist(),
+        }
+        for i in range(5)
+    }
+    members["cifar-10-batches-py/test_batch"] = {
+        b"data": cifar_rows(x[10:]),
+        b"labels": y[10:].tolist(),
+    }
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer"] + [b"n"] * 5
+    members["cifar-10-batches-py/batches.meta"] = {b"label_names": names}
+    want = {"x_train": x[:10], "y_train": y[:10], "x_test": x[10:], "y_test": y[10:]}
+    return [("cifar-10-python.tar.gz", tar_gz(members))], want
+
+
+def build_cifar100(rng):
+    x = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    fine, coarse = [7, 99, 0, 3, 42], [1, 19, 0, 2, 5]
+    members = {
+        "cifar-100-python/train": {
+            b"data": cifar_rows(x[:3]), b"fine_labels": fine[:3], b"coarse_labels": coarse[:3]
+        },
+        "cifar-100-python/test": {
+            b"data": cifar_rows(x[3:]), b"fine_labels": fine[3:], b"coarse_labels": coarse[3:]
+        },
+        "cifar-100-python/meta": {
+            b"fine_label_names": [b"apple"] * 100, b"coarse_label_names": [b"fish"] * 20
+        },
+    }  # fmt: skip
+    u8 = np.uint8
+    want = {
+        "x_train": x[:3], "y_train_fine": np.array(fine[:3], u8), "x_test": x[3:],
+        "y_test_coarse": np.array(coarse[3:], u8),
+    }  # fmt: skip
+    return [("cifar-100-python.tar.gz", tar_gz(members))], want
+
+
+def build_usps(rng):
+    files, want = [], {}
+    for part, n in (("train", 4), ("test", 3)):
+        milli = rng.integers(-1000, 1001, (n, 256)).astype(np.int16)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        lines = [
+            " ".join([f"{lab:.4f}"] + [f"{v / 1000:.4f}" for v in row]) + " \n"
+            for lab, row in zip(labels, milli, strict=True)
+        ]
+        files.append((f"zip.{part}.gz", gzip.compress("".join(lines).encode())))
+        want |= {f"x_{part}_milli": milli.reshape(n, 16, 16), f"y_{part}": labels}
+        want[f"x_{part}"] = data.usps_uint8(want[f"x_{part}_milli"])
+    return files, want
+
+
+def build_coil20(rng):
+    x = rng.integers(0, 256, (6, 128, 128), dtype=np.uint8)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for row in (4, 0, 5, 2, 1, 3):  # archive order differs from the row order
+            png = io.BytesIO()
+            Image.fromarray(x[row]).save(png, format="PNG")
+            zf.writestr(f"coil-20-proc/obj{row // 3 + 1}__{row % 3}.png", png.getvalue())
+    want = {"x": x, "y": np.repeat(np.arange(2, dtype=np.uint8), 3)}
+    want["pose"] = np.tile(np.arange(3, dtype=np.uint8), 2)
+    return [("coil-20-proc.zip", buf.getvalue())], want
+
+
+def build_mnist(rng):
+    want = {
+        "x_train": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+        "y_train": np.array([5, 0, 4], np.uint8),
+        "x_test": rng.integers(0, 256, (2, 28, 28), dtype=np.uint8),
+        "y_test": np.array([7, 2], np.uint8),
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **want)
+    return [("mnist.npz", buf.getvalue())], want
+
+
+BUILDERS = {
+    "cifar10": build_cifar10,
+    "cifar100": build_cifar100,
+    "usps": build_usps,
+    "coil20": build_coil20,
+    "mnist": build_mnist,
+}
+
+
+def serve(name, tmp_path, monkeypatch, archive_sha=True, content=None):
+    """Write the small archives, point SOURCES[name] at them and the data dir at tmp."""
+    files, want = BUILDERS[name](np.random.default_rng(7))
+    remotes = []
+    for filename, blob in files:
+        (tmp_path / filename).write_bytes(blob)
+        digest = sha(blob) if archive_sha is True else archive_sha
+        remotes.append(data.Remote((tmp_path / filename).as_uri(), digest))
+    if content is None:
+        content = {key: data.array_sha256(value) for key, value in want.items()}
+    monkeypatch.setitem(data.SOURCES, name, data.Source(tuple(remotes), content))
+    monkeypatch.setenv("DEPTHLAB_DATA_DIR", str(tmp_path / "cache"))
+    return want
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_conversion_round_trip(name, tmp_path, monkeypatch):
+    want = serve(name, tmp_path, monkeypatch)
+    file = data.path(name)
+    assert file == tmp_path / "cache" / f"{name}.npz"
+    assert [p.name for p in file.parent.iterdir()] == [file.name]  # atomic: no temp left
+    with np.load(file) as npz:
+        with np.load(SHARED_DATA / f"{name}.npz") as offline:  # a full copy: no *_head
+            assert set(npz.files) == {key.removesuffix("_head") for key in offline.files}
+        for key, value in want.items():
+            assert npz[key].dtype == value.dtype and np.array_equal(npz[key], value), key
+
+
+def test_converted_cifar100_serves_full_copy(tmp_path, monkeypatch):
+    want = serve("cifar100", tmp_path, monkeypatch)
+    assert data.cifar_available(100, "train") == 3
+    assert np.array_equal(data.cifar_images(100, "train", [2, 0]), want["x_train"][[2, 0]])
+    assert data.cifar_labels(100, "test", coarse=True).tolist() == [2, 5]
+    assert {"x_train", "x_test"} <= data.keys("cifar100")
+
+
+def test_archive_checksum_mismatch(tmp_path, monkeypatch):
+    serve("cifar10", tmp_path, monkeypatch, archive_sha="0" * 64)
+    with pytest.raises(data.ChecksumError) as info:
+        data.path("cifar10")
+    message = str(info.value)
+    got = sha((tmp_path / "cifar-10-python.tar.gz").read_bytes())
+    assert "cifar-10-python.tar.gz" in message and "0" * 64 in message and got in message
+    assert isinstance(info.value, ValueError)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_content_checksum_mismatch(tmp_path, monkeypatch):
+    want = serve("usps", tmp_path, monkeypatch, archive_sha=None, content={"y_test": "f" * 64})
+    with pytest.raises(data.ChecksumError, match="usps.npz array y_test") as info:
+        data.path("usps")
+    assert data.array_sha256(want["y_test"]) in str(info.value) and "f" * 64 in str(info.value)
+    assert not (tmp_path / "cache" / "usps.npz").exists()
+
+
+def test_cifar_pickle_refuses_foreign_globals(tmp_path):
+    bad = {"cifar-100-python/train": {b"data": Path("x")}}  # pickles a pathlib global
+    (tmp_path / "bad.tar.gz").write_bytes(tar_gz(bad))
+    with pytest.raises(pickle.UnpicklingError, match="unexpected global pathlib"):
+        data.convert_cifar100(tmp_path / "bad.tar.gz")
+
+
+def test_real_content_digests_match_offline_copies():
+    for name in ("usps", "coil20", "cifar100"):
+        for key, digest in data.SOURCES[name].content_sha256.items():
+            assert data.array_sha256(data.array(name, key)) == digest, (name, key)
+
+
+# ---------------------------------------------------------------- augmentation, pipeline
+
+
+def window(padded: np.ndarray, dy: int, dx: int, flip: bool) -> np.ndarray:
+    crop = padded[dy : dy + 8, dx : dx + 8]
+    return crop[:, ::-1] if flip else crop
+
+
+def test_crop_flip_per_image():
+    image = (np.arange(64, dtype=np.uint8) + 1).reshape(8, 8, 1)  # every pixel distinct
+    batch = np.repeat(image[None], 64, axis=0)  # 64 identical images
+    out = augment.random_crop_flip(batch, np.random.default_rng(0), pad=4)
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    candidates = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)]
+    found = []
+    for crop in out:
+        matches = [c for c in candidates if np.array_equal(crop, window(padded, *c))]
+        assert len(matches) == 1, "each output is one window of the zero-padded image"
+        found.append(matches[0])
+    assert len({m[:2] for m in found}) > 10  # independent offsets per image
+    assert {m[2] for m in found} == {False, True}
+
+
+def test_padding_value_and_normalisation():
+    x = np.full((16, 32, 32, 3), 255, np.uint8)
+    ds = augment.ImageBatches(
+        x, np.zeros(16), 16, mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD, augment=True
+    )
+    batch, _ = ds[0]
+    assert batch.dtype == np.float32 and batch.shape == (16, 32, 32, 3)
+    mean, std = np.array(augment.CIFAR10_MEAN), np.array(augment.CIFAR10_STD)
+    pad, body = -mean / std, (1 - mean) / std
+    assert pad[0] == pytest.approx(-2.4290657, rel=1e-6)  # -0.4914 / 0.2023
+    is_pad = np.isclose(batch, pad, rtol=1e-6)
+    assert np.all(is_pad | np.isclose(batch, body, rtol=1e-6))
+    assert 0 < is_pad.mean() < 0.5
+
+
+def test_flip_only():
+    x = np.random.default_rng(1).integers(0, 256, (32, 5, 6, 2), dtype=np.uint8)
+    out = augment.random_crop_flip(x, np.random.default_rng(2), pad=0)
+    flipped = np.array([np.array_equal(o, i[:, ::-1]) for o, i in zip(out, x, strict=True)])
+    same = np.array([np.array_equal(o, i) for o, i in zip(out, x, strict=True)])
+    assert np.all(flipped | same) and 0 < flipped.sum() < 32
+
+
+def all_batches(ds):
+    return [ds[i] for i in range(len(ds))]
+
+
+def test_batches_len_shuffle_and_determinism():
+    x = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(10)
+    kept = augment.ImageBatches(x, y, 4, augment=True, shuffle=True, seed=5)
+    assert len(kept) == 3 and len(kept[2][1]) == 2
+    assert len(augment.ImageBatches(x, y, 4, drop_last=True)) == 2
+    with pytest.raises(IndexError):
+        kept[3]
+    epochs = []
+    for _ in range(3):
+        epochs.append(all_batches(kept))
+        kept.on_epoch_end()
+    assert kept.epoch == 3
+    for batches in epochs:
+        assert sorted(np.concatenate([b[1] for b in batches]).tolist()) == list(range(10))
+    assert not np.array_equal(epochs[0][0][1], epochs[1][0][1])  # reshuffled
+    resumed = augment.ImageBatches(x, y, 4, augment=True, shuffle=True, seed=5, start_epoch=2)
+    for (xa, ya), (xb, yb) in zip(epochs[2], all_batches(resumed), strict=True):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    other = augment.ImageBatches(x, y, 4, augment=True, shuffle=True, seed=6, start_epoch=2)
+    assert not np.array_equal(other[0][0], epochs[2][0][0])
+    # a pass that does not serve every batch (Keras' first peek) is not counted
+    kept[0]
+    kept.on_epoch_end()
+    assert kept.epoch == 3
+
+
+def test_grayscale_and_eval_splits_unaugmented():
+    x = data.array("cifar10", "x_test")[:20]
+    y = data.cifar_labels(10, "test")[:20]
+    ds = data.Dataset("cifar10", data.Split(x, y), data.Split(x, y), data.Split(x, y), 10, True)
+    pipes = augment.split_batches(ds, 8, seed=0)
+    plain = augment.normalize(x, augment.CIFAR10_MEAN, augment.CIFAR10_STD)
+    for part in ("val", "test"):
+        got = np.concatenate([b[0] for b in all_batches(pipes[part])])
+        assert np.array_equal(got, plain), part
+    assert pipes["train"].augment and pipes["train"].shuffle
+    train = np.concatenate([b[0] for b in all_batches(pipes["train"])])
+    assert not np.allclose(np.sort(train, axis=None), np.sort(plain, axis=None))
+    grey = augment.ImageBatches(data.array("usps", "x_test")[:5], np.zeros(5), 5, augment=True)
+    assert grey[0][0].shape == (5, 16, 16)
+
+
+def test_fit_counts_epochs():
+    x = data.array("cifar10", "x_test")[:20]
+    y = data.cifar_labels(10, "test")[:20]
+    kwargs = dict(mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD, augment=True, shuffle=True)
+    ds = augment.ImageBatches(x, y, 8, **kwargs)  # 3 batches, the last one partial
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(ds, epochs=2, shuffle=False, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"])) and len(history.history["loss"]) == 2
+    assert ds.epoch == 2
+    model.fit(
+        ds, epochs=4, initial_epoch=3, shuffle=False, verbose=0, callbacks=[ds.epoch_callback()]
+    )
+    assert ds.epoch == 4  # set to 3 at the resumed epoch's start, one full pass

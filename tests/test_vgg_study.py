@@ -1,0 +1,117 @@
+"""VGG study (SPEC §3): quick claims Q1-Q4 through the runner, and the command end to end.
+
+Q1 (init gradients) and Q4 (plain VGG38 stays at chance) run on every backend; Q2 and Q3
+(VGG08 / BN+RC learn) cost more and are marked slow (README, "Tests").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import BACKEND, REPO
+from depthlab.reproductions import runner, vgg
+
+LN10 = math.log(10)
+
+
+def _run(table: str, rows: list[str], **overrides) -> dict[str, runner.Outcome]:
+    config = dataclasses.replace(vgg.QUICK, **overrides)
+    outcomes = runner.run(vgg.STUDY, table, "quick", config=config, rows=rows, results_dir=None)
+    for outcome in outcomes:
+        assert outcome.status == "finished", outcome.message
+    return {o.job.key: o for o in outcomes}
+
+
+def _convs(results: dict[str, float]) -> dict[str, float]:
+    return {k[len("grad."):]: v for k, v in results.items() if k.startswith("grad.")
+            and "conv_" in k and "_bn_" not in k}
+
+
+def test_q1_init_gradients_vanish_only_in_plain_vgg38(mlruns):
+    """SPEC §3.5 Q1: one train-mode forward/backward on 100 images, all five models."""
+    outcomes = _run("init", list(vgg.INIT_ROWS))
+    plain = _convs(outcomes["vgg38"].results)
+    assert len(plain) == 37
+    early = {k: v for k, v in plain.items() if k == "input_conv_conv_0" or k.startswith("block_0_")}
+    assert len(early) == 11 and max(early.values()) < 1e-10, early
+    assert plain["reduction_block_2_conv_1"] > 1e-6
+    for key, floor in (("vgg08", 1e-7), ("vgg38_rc", 1e-7), ("vgg38_bn", 1e-4),
+                       ("vgg38_bnrc", 1e-4)):
+        convs = _convs(outcomes[key].results)
+        assert len(convs) == (7 if key == "vgg08" else 37)
+        assert min(convs.values()) > floor, (key, min(convs, key=convs.get))
+
+
+def test_q4_plain_vgg38_stays_at_chance(mlruns):
+    """SPEC §3.5 Q4: 20 steps; loss within ±0.05 of ln 10, first conv's gradient < 1e-10."""
+    result = _run("1", ["vgg38"])["vgg38"].results
+    assert result["steps"] == 20
+    assert abs(result["last10_loss"] - LN10) <= 0.05, result["last10_loss"]
+    assert result["grad.input_conv_conv_0"] < 1e-10
+    assert result["params"] == 333_226  # 10-class head (SPEC §3.7 item 1)
+
+
+@pytest.mark.slow
+def test_q2_vgg08_learns(mlruns):
+    """SPEC §3.5 Q2: 300 steps; last-10 mean loss ≤ ln 10 - 0.25."""
+    result = _run("1", ["vgg08"])["vgg08"].results
+    assert result["steps"] == 300
+    assert result["last10_loss"] <= LN10 - 0.25, result["last10_loss"]
+
+
+@pytest.mark.slow
+def test_q3_bn_rc_learns(mlruns):
+    """SPEC §3.5 Q3: 100 steps; last-10 mean loss ≤ ln 10 - 0.15."""
+    result = _run("1", ["vgg38_bnrc_1e-3"])["vgg38_bnrc_1e-3"].results
+    assert result["steps"] == 100
+    assert result["last10_loss"] <= LN10 - 0.15, result["last10_loss"]
+
+
+def test_command_end_to_end_and_store_contents(tmp_path):
+    """The user's command runs a row and everything is readable back from MLflow."""
+    store = tmp_path / "mlruns"
+    command = [sys.executable, "-m", "depthlab.reproductions.vgg", "--table", "1",
+               "--profile", "quick", "--backend", BACKEND, "--rows", "vgg38_bnrc_1e-2",
+               "--set", "epochs=2", "--set", "steps_per_epoch=3", "--set", "val_images=64",
+               "--set", "test_images=64", "--results-dir", str(tmp_path / "results")]
+    env = {**os.environ, "DEPTHLAB_MLRUNS": str(store)}
+    first = subprocess.run(command, cwd=tmp_path, env=env, text=True, capture_output=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "epoch 2/2" in first.stdout and "paper" in first.stdout and "delta" in first.stdout
+
+    from depthlab import tracking
+
+    tracking.configure(store)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("depthlab-vgg")
+    (job,) = client.search_runs([experiment.experiment_id], "tags.`depthlab.kind` = 'job'")
+    assert job.info.status == "FINISHED"
+    assert job.data.tags["backend"] == BACKEND
+    assert job.data.tags["dataset"] == "cifar10" and job.data.tags["data_copy"] == "lossy"
+    params = job.data.params
+    assert (params["num_blocks"], params["norm"], params["residual"], params["lr"]) == (
+        "5", "True", "True", "0.01")
+    assert [m.step for m in client.get_metric_history(job.info.run_id, "val_accuracy")] == [0, 1]
+    flow = client.get_metric_history(job.info.run_id, "grad_mean_abs/input_conv_conv_0")
+    assert len(flow) == 2 and all(m.value > 0 for m in flow)
+    assert job.data.metrics["result.params"] == 335_530
+    artifacts = {a.path for a in client.list_artifacts(job.info.run_id)}
+    assert {"gradient_flow.png", "gradient_flow.csv", "curves.png"} <= artifacts
+    csv_path = client.download_artifacts(job.info.run_id, "gradient_flow.csv", str(tmp_path))
+    header, *rows = open(csv_path).read().splitlines()
+    assert header.split(",")[:3] == ["epoch", "input_conv_conv_0", "input_conv_bn_0"]
+    assert len(header.split(",")) == 76 and len(rows) == 2
+    report = (tmp_path / "results" / f"vgg_table1_quick_{BACKEND}.md").read_text()
+    assert "VGG38 BN RC, lr 0.01" in report and "61.36" in report and "lossy" in report
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, text=True, capture_output=True,
+                           timeout=600)
+    assert again.returncode == 0 and "already finished" in again.stdout
