@@ -311,10 +311,11 @@ def report(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Compa
             notes = [caveat] if caveat and key != "params" else []
             paper_value = ref.get(key)
             paper_text = ref.get(f"{key}_text")
-            if key == "params":
-                paper_value, paper_text = ref["params_exact"], f"{ref['params_text']} (exact {ref['params_exact']:,})"
-                if outcome.job.config.dataset == "cifar10":
-                    notes.append("10-class head")
+            if key == "params":  # the paper's "60 K" and the exact count for our head
+                ten = outcome.job.config.dataset == "cifar10"
+                paper_value = ref["params_exact_c10" if ten else "params_exact"]
+                paper_text = f"{ref['params_text']} (exact {paper_value:,}" + (
+                    ", 10-class head)" if ten else ")")
             course = ref.get("course", {}).get(key)
             if course is not None:
                 notes.append(f"course CSV: {course}")

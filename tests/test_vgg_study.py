@@ -11,11 +11,12 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import BACKEND
 from mlflow.tracking import MlflowClient
 
-from conftest import BACKEND, REPO
 from depthlab.reproductions import runner, vgg
 
 LN10 = math.log(10)
@@ -106,7 +107,7 @@ def test_command_end_to_end_and_store_contents(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(job.info.run_id)}
     assert {"gradient_flow.png", "gradient_flow.csv", "curves.png"} <= artifacts
     csv_path = client.download_artifacts(job.info.run_id, "gradient_flow.csv", str(tmp_path))
-    header, *rows = open(csv_path).read().splitlines()
+    header, *rows = Path(csv_path).read_text().splitlines()
     assert header.split(",")[:3] == ["epoch", "input_conv_conv_0", "input_conv_bn_0"]
     assert len(header.split(",")) == 76 and len(rows) == 2
     report = (tmp_path / "results" / f"vgg_table1_quick_{BACKEND}.md").read_text()
