@@ -24,12 +24,28 @@ backend.configure()
 BACKEND = os.environ["KERAS_BACKEND"]
 
 
+@pytest.fixture(scope="session")
+def _migrated_store(tmp_path_factory) -> Path:
+    """One empty, migrated SQLite store per session: creating one costs MLflow 10-20 s."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("store")
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    MlflowClient().search_experiments()  # runs the schema migrations
+    return root / "mlflow.db"
+
+
 @pytest.fixture
-def mlruns(tmp_path, monkeypatch) -> Path:
+def mlruns(tmp_path, monkeypatch, _migrated_store) -> Path:
     """An empty MLflow store (SQLite + artifacts) under tmp_path, made the default."""
+    import shutil
+
     from depthlab import tracking
 
     root = tmp_path / "mlruns"
+    root.mkdir()
+    shutil.copy(_migrated_store, root / "mlflow.db")
     monkeypatch.setenv("DEPTHLAB_MLRUNS", str(root))
     tracking.configure(root)
     return root

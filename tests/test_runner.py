@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 
 import keras
 import numpy as np
@@ -153,10 +154,13 @@ def test_divergence_marks_the_run_and_the_sweep_continues(mlruns):
     assert len(MlflowClient().get_metric_history(outcomes[0].run_id, "loss")) == 1
 
 
-def test_same_seed_same_first_epoch_loss(mlruns, tmp_path, monkeypatch):
+def test_same_seed_same_first_epoch_loss(mlruns, tmp_path, monkeypatch, _migrated_store):
     (first,), _ = _run(dataclasses.replace(TinyConfig(), epochs=1))
-    monkeypatch.setenv("DEPTHLAB_MLRUNS", str(tmp_path / "other"))
-    tracking.configure(tmp_path / "other")
+    other = tmp_path / "other"  # a second store: the first run must not be skipped
+    other.mkdir()
+    shutil.copy(_migrated_store, other / "mlflow.db")
+    monkeypatch.setenv("DEPTHLAB_MLRUNS", str(other))
+    tracking.configure(other)
     (second,), _ = _run(dataclasses.replace(TinyConfig(), epochs=1))
     assert second.status == "finished"
     assert second.results["final_loss"] == first.results["final_loss"]
