@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
+
 from depthlab.data import Dataset
 
 # torchvision's CIFAR-10 statistics; the coursework uses them for both CIFARs (SPEC §3.3).

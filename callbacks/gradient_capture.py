@@ -1,0 +1,282 @@
+"""Capture of the gradients an optimizer applies, inside the compiled step (SPEC §0.4).
+
+Keras 3 callbacks never see gradients. What every backend does hand over is the list of
+raw gradients given to ``optimizer.apply(grads, variables)``: under JAX inside
+``stateless_apply`` in the jitted step, under TensorFlow in the traced ``train_step``,
+under torch after ``backward()``. :class:`GradientCapture` wraps any optimizer instance
+(as ``keras.optimizers.LossScaleOptimizer`` wraps one), reduces each gradient on device
+to its L2 norm and mean |g|, stores the reductions in its own optimizer variables and then
+hands the untouched gradients to the wrapped optimizer. A callback
+(:class:`depthlab.callbacks.GradientLogger`) reads those variables now and then.
+
+The logged gradient (SPEC §0.4) is dLoss/dvariable for the batch as the optimizer receives
+it, with loss scaling undone and **before** clipping. With ``global_clipnorm`` on the
+wrapped optimizer the global norm of the raw gradients and the factor
+min(1, c / global_norm) that clipping applies are stored too (SPEC §1.4: clip at 5).
+
+Loss scaling: a static ``loss_scale_factor`` of the wrapped optimizer moves to the
+wrapper, which unscales before measuring. For dynamic scaling put the capture *inside*
+the ``LossScaleOptimizer``: ``LossScaleOptimizer(GradientCapture(Adam()))``; the loss-scale
+optimizer unscales and then calls the capture, which so sees unscaled gradients.
+:func:`with_gradient_capture` builds that order from any optimizer.
+
+State, one entry per model variable in the order the optimizer was built with (that is
+``model.trainable_variables``), kept as a few vector variables rather than one scalar per
+model variable so that deep nets do not carry thousands of extra state arrays:
+
+- ``last_norm``, ``last_mean_abs``: the reductions of the latest step;
+- ``sum_norm``, ``sum_mean_abs`` and the ``steps`` counter: running sums since the last
+  :meth:`GradientCapture.reset_running`, so a mean over every step of an epoch is exact
+  without reading every step;
+- ``last_global_norm``, ``sum_global_norm``, ``last_clip_factor`` (1 without clipping).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+_TINY = 1e-30
+
+_STATS = ("last_norm", "last_mean_abs", "sum_norm", "sum_mean_abs")
+_SCALARS = ("last_global_norm", "sum_global_norm", "last_clip_factor")
+
+
+def _reduce(grads: list) -> tuple[Any, Any]:
+    """Per-gradient sum |g| and L2 norm as two float32 vectors, computed on device.
+
+    The norm is s * ||g / s|| with s = sum |g|, so that squares of the ~1e-20 gradients
+    of vanishing-gradient nets (SPEC §3) do not flush to zero in float32. The torch
+    backend runs eagerly and takes a fused multi-tensor path (``_grads_torch``).
+    """
+    if keras.backend.backend() == "torch":
+        from depthlab.callbacks import _grads_torch
+
+        return _grads_torch.reduce_gradients(grads)
+    sum_abs, squares = [], []
+    for gradient in grads:
+        g = ops.convert_to_tensor(gradient)
+        if keras.backend.standardize_dtype(g.dtype) != "float32":
+            g = ops.cast(g, "float32")
+        total = ops.sum(ops.abs(g))
+        sum_abs.append(total)
+        squares.append(ops.sum(ops.square(g / ops.maximum(total, _TINY))))
+    sum_abs = ops.stack(sum_abs)
+    return sum_abs, ops.sqrt(ops.stack(squares)) * ops.maximum(sum_abs, _TINY)
+
+
+@keras.saving.register_keras_serializable(package="depthlab")
+class GradientCapture(keras.optimizers.Optimizer):
+    """An optimizer that records per-variable gradient statistics, then defers to another.
+
+    The wrapped optimizer does all the updating: learning rate, schedules, ``iterations``,
+    clipping, weight decay and EMA are its own, so callbacks such as
+    ``LearningRateScheduler`` keep working through the wrapper (SPEC §0.4).
+
+    Args:
+        inner_optimizer: the optimizer instance to wrap (or a name/config accepted by
+            ``keras.optimizers.get``).
+        loss_scale_factor: a static loss scale to undo before measuring. Defaults to
+            the wrapped optimizer's ``loss_scale_factor`` (which moves to the wrapper).
+        name: the optimizer's name. Defaults to an automatic name.
+    """
+
+    def __init__(
+        self,
+        inner_optimizer: keras.optimizers.Optimizer | str | dict,
+        loss_scale_factor: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        inner = keras.optimizers.get(inner_optimizer)
+        if isinstance(inner, GradientCapture):
+            raise ValueError(
+                "GradientCapture must not wrap another GradientCapture. "
+                f"Received: inner_optimizer={inner}"
+            )
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = inner
+        self.loss_scale_factor = loss_scale_factor or inner.loss_scale_factor
+        inner.loss_scale_factor = None  # unscaled once, here, before measuring
+
+    # === State ===
+
+    def build(self, var_list: list) -> None:
+        """Create the statistics variables and build the wrapped optimizer."""
+        n = len(var_list)
+        for name in _STATS:
+            setattr(self, name, self.add_variable((n,), "zeros", "float32", name=name))
+        for name in _SCALARS:
+            init = "ones" if name == "last_clip_factor" else "zeros"
+            setattr(self, name, self.add_variable((), init, "float32", name=name))
+        self.steps = self.add_variable((), "zeros", "int32", name="steps")
+        self._sizes = np.array([max(int(np.prod(v.shape)), 1) for v in var_list], "float32")
+        if not self.inner_optimizer.built:
+            self.inner_optimizer.build(var_list)
+        super().build(var_list)
+
+    @property
+    def variables(self) -> list:
+        """Own variables, then the wrapped optimizer's (JAX's stateless_apply needs both)."""
+        return self._variables + self.inner_optimizer.variables
+
+    @property
+    def tracked_variables(self) -> list:
+        """The model variables the statistics refer to, in order."""
+        return list(self._trainable_variables)
+
+    @property
+    def clipnorm_global(self) -> float | None:
+        """The wrapped optimizer's ``global_clipnorm`` (None when it does not clip)."""
+        c = getattr(self.inner_optimizer, "global_clipnorm", None)
+        return c if c and c > 0 else None
+
+    # === Step ===
+
+    def apply(self, grads: list, trainable_variables: list | None = None) -> None:
+        """Measure the (unscaled, pre-clip) gradients, then let the wrapped optimizer apply them.
+
+        Args:
+            grads: one gradient (or None) per variable.
+            trainable_variables: the variables; None means those the optimizer was built
+                with (the stateless path).
+        """
+        if not self.built:  # TensorFlow may apply before building
+            with keras.name_scope(self.name, caller=self):
+                self.build(list(trainable_variables))
+            self.built = True
+        grads = list(grads)
+        if self.loss_scale_factor is not None:
+            grads = [None if g is None else g / self.loss_scale_factor for g in grads]
+        if trainable_variables is None:
+            variables = self._trainable_variables
+        else:
+            variables = list(trainable_variables)
+        if any(g is not None for g in grads):
+            self._capture(grads, variables)
+        self.inner_optimizer.apply(grads, trainable_variables)
+
+    def _capture(self, grads: list, variables: list) -> None:
+        n = len(self._trainable_variables)
+        pairs = [(v, g) for v, g in zip(variables, grads, strict=True) if g is not None]
+        index = [self._get_variable_index(v) for v, _ in pairs]
+        sum_abs, norms = _reduce([g for _, g in pairs])
+        if index != list(range(n)):  # missing gradients or another order: scatter, 0 elsewhere
+            where = np.array(index, "int32")[:, None]
+            sum_abs = ops.scatter(where, sum_abs, (n,))
+            norms = ops.scatter(where, norms, (n,))
+        mean_abs = sum_abs / ops.convert_to_tensor(self._sizes)
+        global_norm = ops.sqrt(ops.sum(ops.square(norms)))
+        self.assign(self.last_norm, norms)
+        self.assign(self.last_mean_abs, mean_abs)
+        self.assign_add(self.sum_norm, norms)
+        self.assign_add(self.sum_mean_abs, mean_abs)
+        self.assign(self.last_global_norm, global_norm)
+        self.assign_add(self.sum_global_norm, global_norm)
+        if self.clipnorm_global is not None:
+            self.assign(self.last_clip_factor, ops.minimum(1.0, self.clipnorm_global / global_norm))
+        self.assign_add(self.steps, ops.ones((), "int32"))
+
+    # === Reading (host side, from a callback) ===
+
+    def read(self) -> dict[str, np.ndarray]:
+        """The statistics as numpy arrays (a device sync; under JAX sync the model first).
+
+        Returns:
+            ``last_norm``, ``last_mean_abs``, ``sum_norm``, ``sum_mean_abs`` (one entry per
+            tracked variable), ``last_global_norm``, ``sum_global_norm``,
+            ``last_clip_factor``, ``steps`` and ``iterations`` (scalars).
+        """
+        out = {k: np.asarray(ops.convert_to_numpy(getattr(self, k))) for k in _STATS + _SCALARS}
+        out["steps"] = np.asarray(ops.convert_to_numpy(self.steps))
+        out["iterations"] = np.asarray(ops.convert_to_numpy(self.iterations))
+        return out
+
+    def reset_running(self) -> None:
+        """Zero the running sums and the step counter (e.g. at the start of an epoch)."""
+        for name in ("sum_norm", "sum_mean_abs", "sum_global_norm"):
+            var = getattr(self, name)
+            var.assign(ops.zeros(var.shape, "float32"))
+        self.steps.assign(ops.zeros((), "int32"))
+
+    # === Delegation to the wrapped optimizer ===
+
+    @property
+    def learning_rate(self) -> Any:
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate: Any) -> None:
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self) -> Any:
+        return self.inner_optimizer.iterations
+
+    def scale_loss(self, loss: Any) -> Any:
+        """Scale the loss by the static ``loss_scale_factor`` (if any)."""
+        if self.loss_scale_factor is not None:
+            return loss * self.loss_scale_factor
+        return loss
+
+    def finalize_variable_values(self, var_list: list) -> None:
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+        self.inner_optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+
+    # === Config ===
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+            "loss_scale_factor": self.loss_scale_factor,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: dict | None = None) -> GradientCapture:
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(
+            config.pop("inner_optimizer"), custom_objects=custom_objects
+        )
+        return cls(inner, **config)
+
+
+def find_capture(optimizer: Any) -> GradientCapture | None:
+    """The GradientCapture in an optimizer chain (itself or an ``inner_optimizer``), or None."""
+    while optimizer is not None:
+        if isinstance(optimizer, GradientCapture):
+            return optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return None
+
+
+def with_gradient_capture(
+    optimizer: keras.optimizers.Optimizer | str,
+) -> keras.optimizers.Optimizer:
+    """Return ``optimizer`` with a GradientCapture in the place that sees unscaled gradients.
+
+    A GradientCapture (or a chain holding one) is returned as is; a
+    ``LossScaleOptimizer`` is rebuilt around a capture of its inner optimizer; anything
+    else is wrapped. Use it on an optimizer that has not been built yet.
+
+    Args:
+        optimizer: an optimizer instance or a name such as ``"adam"``.
+
+    Returns:
+        An optimizer to pass to ``model.compile``.
+    """
+    optimizer = keras.optimizers.get(optimizer)
+    if find_capture(optimizer) is not None:
+        return optimizer
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return keras.optimizers.LossScaleOptimizer(
+            GradientCapture(optimizer.inner_optimizer),
+            initial_scale=optimizer.initial_scale,
+            dynamic_growth_steps=optimizer.dynamic_growth_steps,
+            name=optimizer.name,
+        )
+    return GradientCapture(optimizer)

@@ -1,0 +1,286 @@
+"""GradientLogger: per-layer gradient norms and mean |g| to memory and MLflow (SPEC §0.2, §0.4).
+
+The gradients are measured on device by :class:`GradientCapture` (the model's optimizer);
+this callback only reads the capture's variables, every ``every_n_steps`` steps and at the
+end of each epoch, and never imports a backend.
+
+Why ``on_train_batch_begin``: a callback that overrides ``on_train_batch_end`` turns off
+Keras' asynchronous batch-end dispatch, which then converts the logs to Python floats
+after every step (a device sync per step). The state after step k is the state before
+step k + 1, so reading at the start of the next batch costs nothing extra; the last step
+of an epoch is read in ``on_epoch_end``. Under JAX the state lives outside the model
+variables mid-epoch (keras#19054): the ``model`` property of a callback syncs it, so the
+callback touches ``self.model`` only when it reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+from depthlab.callbacks.gradient_capture import GradientCapture, find_capture
+
+_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
+
+
+class GradientLogger(keras.callbacks.Callback):
+    """Log the gradients the optimizer applies (SPEC §0.4 definition, §0.2 limits).
+
+    Memory (``history``): per epoch, the last batch's mean |g| and norm per label (the
+    VGG gradient flow, SPEC §3.4) and the mean over all the epoch's steps; every N steps,
+    the norm and mean |g| per label, the global norm and the clip factor.
+
+    MLflow (through ``depthlab.tracking``, one ``log_metrics`` call per log, nothing
+    without an active run): every N steps ``grad/global_norm`` (over all the gradients
+    the optimizer received), ``grad/min_layer_norm``, ``grad/max_layer_norm``,
+    ``grad/first_last_ratio`` (norm of the first label over the last, model order) and,
+    when the optimizer clips by global norm, ``grad/clip_factor``, at step = the 0-based
+    optimizer step; at epoch end ``grad_mean_abs/<label>`` and ``grad_norm/<label>`` of
+    the epoch's last batch, at step = epoch, when per-layer metrics are on; at train end
+    the CSV matrices and a heatmap under ``gradients/``.
+
+    Args:
+        every_n_steps: read interval in optimizer steps (each read syncs the device).
+            Defaults to 50.
+        labels: ``callable(variable) -> str | None`` naming the entries to log (None
+            skips a variable). Defaults to every trainable variable, keyed by its path
+            without the model's name (``"conv1/kernel"``, not ``"sequential_3/conv1/kernel"``).
+        per_layer_metrics: ``"auto"`` (on when there are at most ``max_layer_metrics``
+            entries), True or False. Defaults to ``"auto"``.
+        max_layer_metrics: the "auto" limit. Defaults to 100.
+        log_to_mlflow: send metrics and artifacts to the active MLflow run. Defaults to
+            True.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        labels: Callable[[Any], str | None] | None = None,
+        per_layer_metrics: bool | str = "auto",
+        max_layer_metrics: int = 100,
+        log_to_mlflow: bool = True,
+    ) -> None:
+        super().__init__()
+        if int(every_n_steps) < 1:
+            raise ValueError(f"every_n_steps must be >= 1. Received: every_n_steps={every_n_steps}")
+        if per_layer_metrics not in ("auto", True, False):
+            raise ValueError(
+                "per_layer_metrics must be 'auto', True or False. "
+                f"Received: per_layer_metrics={per_layer_metrics!r}"
+            )
+        self.every_n_steps = int(every_n_steps)
+        self.labels = labels
+        self.per_layer_metrics = per_layer_metrics
+        self.max_layer_metrics = int(max_layer_metrics)
+        self.log_to_mlflow = log_to_mlflow
+        self._capture: GradientCapture | None = None
+        self._reset([], np.zeros(0, int))
+
+    # === State ===
+
+    def _reset(self, labels: list[str], index: np.ndarray) -> None:
+        self._labels, self._index = labels, index
+        self._epochs: list[int] = []
+        self._epoch_rows: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("last_mean_abs", "last_norm", "mean_mean_abs", "mean_norm")
+        }
+        self._epoch_steps: list[int] = []
+        self._steps: list[int] = []
+        self._step_rows: dict[str, list] = {
+            k: [] for k in ("norm", "mean_abs", "global_norm", "clip_factor")
+        }
+        self._count = 0  # optimizer steps done before the current epoch
+        self._last_row_count = 0
+
+    @property
+    def history(self) -> dict[str, Any]:
+        """The gradients recorded by the last ``fit``, as numpy arrays.
+
+        Keys: ``labels``; ``epochs`` [E]; ``last_mean_abs``, ``last_norm`` [E x L] (the
+        epoch's last batch); ``mean_mean_abs``, ``mean_norm`` [E x L] (mean over all the
+        epoch's steps); ``epoch_steps`` [E]; ``steps`` [S] (0-based optimizer step);
+        ``step_norms``, ``step_mean_abs`` [S x L]; ``global_norm``, ``clip_factor`` [S].
+        """
+        n = len(self._labels)
+
+        def matrix(rows: list) -> np.ndarray:
+            return np.array(rows, "float64").reshape(len(rows), n)
+
+        out: dict[str, Any] = {"labels": list(self._labels)}
+        out["epochs"] = np.array(self._epochs, int)
+        out.update({k: matrix(v) for k, v in self._epoch_rows.items()})
+        out["epoch_steps"] = np.array(self._epoch_steps, int)
+        out["steps"] = np.array(self._steps, int)
+        out["step_norms"] = matrix(self._step_rows["norm"])
+        out["step_mean_abs"] = matrix(self._step_rows["mean_abs"])
+        out["global_norm"] = np.array(self._step_rows["global_norm"], "float64")
+        out["clip_factor"] = np.array(self._step_rows["clip_factor"], "float64")
+        return out
+
+    @property
+    def per_layer_enabled(self) -> bool:
+        """Whether per-layer metric keys go to MLflow (SPEC §0.2: only for <= ~100 entries)."""
+        if self.per_layer_metrics == "auto":
+            return len(self._labels) <= self.max_layer_metrics
+        return bool(self.per_layer_metrics)
+
+    # === Callback hooks ===
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        model = self.model
+        capture = find_capture(model.optimizer)
+        if capture is None:
+            raise ValueError(
+                "GradientLogger needs a model compiled with a GradientCapture optimizer: "
+                "model.compile(optimizer=depthlab.callbacks.with_gradient_capture(opt), ...). "
+                f"Received: optimizer={model.optimizer!r}"
+            )
+        if not capture.built:
+            capture.build(model.trainable_variables)
+        self._capture = capture
+        labels, index = [], []
+        prefix = f"{model.name}/"
+        for i, variable in enumerate(capture.tracked_variables):
+            if self.labels is not None:
+                label = self.labels(variable)
+            else:
+                label = variable.path.removeprefix(prefix)
+            if label is not None:
+                labels.append(str(label))
+                index.append(i)
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"GradientLogger labels must be unique. Received: labels={labels}")
+        self._reset(labels, np.array(index, int))
+        self._count = int(keras.ops.convert_to_numpy(capture.iterations))
+        self._last_row_count = self._count
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.model  # noqa: B018  (JAX: make sure the state sits in the variables)
+        self._capture.reset_running()
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        count = self._count + batch
+        if count // self.every_n_steps > self._last_row_count // self.every_n_steps:
+            self._step_row(count, self._read())
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = self._read()
+        steps = int(values["steps"])
+        self._count = int(values["iterations"])
+        if self._count // self.every_n_steps > self._last_row_count // self.every_n_steps:
+            self._step_row(self._count, values)
+        self._epochs.append(int(epoch))
+        self._epoch_steps.append(steps)
+        rows = self._epoch_rows
+        rows["last_mean_abs"].append(values["last_mean_abs"][self._index])
+        rows["last_norm"].append(values["last_norm"][self._index])
+        denominator = max(steps, 1)
+        rows["mean_mean_abs"].append(values["sum_mean_abs"][self._index] / denominator)
+        rows["mean_norm"].append(values["sum_norm"][self._index] / denominator)
+        if self.log_to_mlflow and self.per_layer_enabled:
+            metrics = {}
+            for j, label in enumerate(self._labels):
+                key = _KEY_CHARS.sub("_", label)
+                metrics[f"grad_mean_abs/{key}"] = rows["last_mean_abs"][-1][j]
+                metrics[f"grad_norm/{key}"] = rows["last_norm"][-1][j]
+            self._log_metrics(metrics, epoch)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.log_to_mlflow and self._labels:
+            self._log_artifacts()
+
+    # === Reading and logging ===
+
+    def _read(self) -> dict[str, np.ndarray]:
+        self.model  # noqa: B018  (JAX: accessing the model syncs the state into the variables)
+        values = self._capture.read()
+        return {k: np.asarray(v, "float64") for k, v in values.items()}
+
+    def _step_row(self, count: int, values: dict[str, np.ndarray]) -> None:
+        self._last_row_count = count
+        step = count - 1  # 0-based index of the step whose gradients these are
+        norms = values["last_norm"][self._index]
+        clip = float(values["last_clip_factor"])
+        self._steps.append(step)
+        self._step_rows["norm"].append(norms)
+        self._step_rows["mean_abs"].append(values["last_mean_abs"][self._index])
+        self._step_rows["global_norm"].append(float(values["last_global_norm"]))
+        self._step_rows["clip_factor"].append(clip)
+        if not self.log_to_mlflow or not len(norms):
+            return
+        metrics = {
+            "grad/global_norm": float(values["last_global_norm"]),
+            "grad/min_layer_norm": float(norms.min()),
+            "grad/max_layer_norm": float(norms.max()),
+        }
+        if norms[-1] > 0:
+            metrics["grad/first_last_ratio"] = float(norms[0] / norms[-1])
+        if self._capture.clipnorm_global is not None:
+            metrics["grad/clip_factor"] = clip
+        self._log_metrics(metrics, step)
+
+    @staticmethod
+    def _log_metrics(metrics: dict[str, float], step: int) -> None:
+        from depthlab import tracking
+
+        tracking.log_metrics(metrics, step)
+
+    def _log_artifacts(self) -> None:
+        from depthlab import tracking
+
+        h = self.history
+        tables = {
+            "step_norms": ("step", h["steps"], h["step_norms"]),
+            "step_mean_abs": ("step", h["steps"], h["step_mean_abs"]),
+            "epoch_last_mean_abs": ("epoch", h["epochs"], h["last_mean_abs"]),
+            "epoch_last_norm": ("epoch", h["epochs"], h["last_norm"]),
+            "epoch_mean_norm": ("epoch", h["epochs"], h["mean_norm"]),
+        }
+        for name, (index_name, index, matrix) in tables.items():
+            text = _csv(index_name, index, h["labels"], matrix)
+            tracking.log_text(text, f"gradients/{name}.csv")
+        summary = np.stack([h["global_norm"], h["clip_factor"]], axis=1)
+        text = _csv("step", h["steps"], ["global_norm", "clip_factor"], summary)
+        tracking.log_text(text, "gradients/step_summary.csv")
+        if len(h["steps"]):
+            figure = heatmap(h["steps"], h["labels"], h["step_norms"])
+            tracking.log_figure(figure, "gradients/norms_heatmap.png")
+
+
+def _csv(index_name: str, index: np.ndarray, labels: list[str], matrix: np.ndarray) -> str:
+    """A CSV table: one row per index value, one column per label (9 significant digits)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([index_name, *labels])
+    for i, row in zip(index, matrix, strict=True):
+        writer.writerow([int(i), *(format(v, ".9g") for v in row)])
+    return buffer.getvalue()
+
+
+def heatmap(steps: np.ndarray, labels: list[str], norms: np.ndarray) -> Any:
+    """A [label x step] heatmap of log10 gradient norm (zeros left blank).
+
+    Built on ``matplotlib.figure.Figure`` (Agg rendering, no pyplot state).
+    """
+    from matplotlib.figure import Figure
+
+    with np.errstate(divide="ignore"):
+        image = np.ma.masked_invalid(np.log10(np.asarray(norms, "float64").T))
+    height = min(2.0 + 0.15 * len(labels), 20.0)
+    figure = Figure(figsize=(8.0, height), layout="constrained")
+    axes = figure.add_subplot()
+    mesh = axes.imshow(image, aspect="auto", interpolation="nearest", cmap="viridis")
+    ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).astype(int)
+    axes.set_xticks(ticks, [str(steps[t]) for t in ticks])
+    if len(labels) <= 60:
+        axes.set_yticks(range(len(labels)), labels, fontsize=6)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("variable (model order)")
+    figure.colorbar(mesh, ax=axes, label="log10 ||grad||")
+    return figure
