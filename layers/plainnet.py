@@ -222,6 +222,9 @@ class PlainBlock(_PlainBlockBase):
 class PlainConvBlock(_PlainBlockBase):
     """Conv PlainNet block: Conv2D (no bias, 'same') -> [BatchNorm] -> activation (Table A1).
 
+    The conv never has a bias (Table A1's 0.72M needs ``use_bias=False``, SPEC §4.2), with
+    or without BN.
+
     Args:
         filters: output channels.
         kernel_size: square kernel size (1 or 3 in Table A1).
