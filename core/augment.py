@@ -85,6 +85,10 @@ class ImageBatches(keras.utils.PyDataset):
         transform: optional ``f(batch, rng) -> batch`` applied after crop/flip to the
             float32 batch in [0, 1], before normalisation (e.g. colour jitter).
             Defaults to None.
+        repeat: an endless stream of passes (batch i comes from pass i // len), for
+            ``fit(steps_per_epoch=...)`` with epochs that do not divide a pass: Keras does
+            not wrap a finite dataset inside an epoch. Each pass is shuffled and augmented
+            from (seed, pass). Defaults to False.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of PyDataset.
     """
 
@@ -103,6 +107,7 @@ class ImageBatches(keras.utils.PyDataset):
         start_epoch: int = 0,
         pad: int = 4,
         transform: Transform | None = None,
+        repeat: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -117,6 +122,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.mean, self.std = mean, std
         self.augment, self.shuffle, self.seed, self.pad = augment, shuffle, seed, pad
         self.transform = transform
+        self.repeat = repeat
         self.epoch = start_epoch
         self._served: set[int] = set()
         self._order_cache: tuple[int, np.ndarray] | None = None
@@ -135,16 +141,24 @@ class ImageBatches(keras.utils.PyDataset):
             self._order_cache = (epoch, perm)
         return self._order_cache[1]
 
+    @property
+    def num_batches(self) -> int | None:
+        """Batches per pass; None (endless, for Keras) with ``repeat``."""
+        return None if self.repeat else len(self)
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch = self.epoch
+        if self.repeat:
+            epoch, index = self.epoch + index // len(self), index % len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"batch index out of range 0..{len(self) - 1}. Received: {index=}")
         self._served.add(index)
-        idx = self.order()[index * self.batch_size : (index + 1) * self.batch_size]
+        idx = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         images = self.x[idx]
         channel_last = images.ndim == 3
         if channel_last:
             images = images[..., None]
-        rng = np.random.default_rng([self.seed, self.epoch, 1, index])
+        rng = np.random.default_rng([self.seed, epoch, 1, index])
         if self.augment:
             images = random_crop_flip(images, rng, self.pad)
         scaled = images.astype(np.float32) / np.float32(255)
@@ -155,15 +169,17 @@ class ImageBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         """Count a pass that served every batch; Keras' peeks serve one or two."""
-        if len(self._served) >= len(self):
+        if len(self._served) >= len(self) and not self.repeat:
             self.epoch += 1
         self._served.clear()
 
     def epoch_callback(self) -> keras.callbacks.Callback:
-        """A callback setting ``epoch`` to ``fit``'s epoch number at each epoch's start."""
+        """A callback setting ``epoch`` to ``fit``'s epoch number at each epoch's start
+        (a no-op with ``repeat``, where the pass follows from the batch index)."""
 
         def begin(epoch: int, logs: dict | None = None) -> None:
-            self.epoch = epoch
+            if not self.repeat:
+                self.epoch = epoch
             self._served.clear()
 
         return keras.callbacks.LambdaCallback(on_epoch_begin=begin)

@@ -23,7 +23,10 @@ class PreActBlock(keras.layers.Layer):
     """BN -> ReLU -> conv3x3(stride) -> BN -> ReLU -> conv3x3, plus a shortcut.
 
     The shortcut is the identity when stride is 1 and the channel count is unchanged, else
-    a 1x1 convolution (same stride, no bias) of relu(BN(x)).
+    a 1x1 convolution (same stride, no bias) of relu(BN(x)). It is computed as a subsample
+    x[:, ::s, ::s] followed by a stride-1 1x1 convolution: the same numbers as a stride-s
+    1x1 convolution without padding, and it avoids a torch 2.13 CPU (oneDNN) bug whose
+    backward of a stride-2 1x1 convolution on channels-last input corrupts the heap.
 
     Args:
         filters: output channels.
@@ -68,7 +71,7 @@ class PreActBlock(keras.layers.Layer):
             size,
             strides=stride,
             # stride 1: "same" pads 1 on every side; stride 2 gets an explicit ZeroPadding2D
-            padding="same" if stride == 1 or size == 1 else "valid",
+            padding="same" if stride == 1 else "valid",
             use_bias=False,
             kernel_initializer=keras.initializers.deserialize(  # a fresh copy per conv
                 keras.initializers.serialize(self.kernel_initializer)
@@ -86,12 +89,15 @@ class PreActBlock(keras.layers.Layer):
         self.bn2.build(mid)
         self.conv2.build(mid)
         if self.stride != 1 or input_shape[-1] != self.filters:
-            self.shortcut = self._conv(1, self.stride, "shortcut")
+            self.shortcut = self._conv(1, 1, "shortcut")
             self.shortcut.build(input_shape)
 
     def call(self, inputs, training=None):
         pre = ops.relu(self.bn1(inputs, training=training))
-        skip = inputs if self.shortcut is None else self.shortcut(pre)
+        skip = inputs
+        if self.shortcut is not None:
+            step = self.stride
+            skip = self.shortcut(pre[:, ::step, ::step, :] if step > 1 else pre)
         h = self.pad1(pre) if self.pad1 is not None else pre
         h = self.conv1(h)
         h = self.conv2(ops.relu(self.bn2(h, training=training)))

@@ -159,6 +159,7 @@ def _batches(split, config: VGGConfig, train: bool):
     return data.ImageBatches(
         split.x, split.y, batch_size=config.batch_size, mean=data.CIFAR10_MEAN,
         std=data.CIFAR10_STD, augment=train and config.augment, shuffle=train, seed=config.seed,
+        repeat=train and config.steps_per_epoch > 0,  # exact step counts (quick profile)
     )
 
 

@@ -454,3 +454,31 @@ def test_fit_counts_epochs():
         ds, epochs=4, initial_epoch=3, shuffle=False, verbose=0, callbacks=[ds.epoch_callback()]
     )
     assert ds.epoch == 4  # set to 3 at the resumed epoch's start, one full pass
+
+
+def test_repeat_streams_passes_for_exact_step_counts():
+    """Keras stops a finite dataset at its end inside an epoch; ``repeat`` streams passes
+    so ``steps_per_epoch`` that does not divide a pass still gives every step."""
+    import keras
+
+    from depthlab.data import ImageBatches
+
+    x = np.arange(40 * 4 * 4, dtype=np.uint8).reshape(40, 4, 4)
+    y = np.arange(40)
+    stream = ImageBatches(x, y, batch_size=10, shuffle=True, seed=3, repeat=True)
+    single = ImageBatches(x, y, batch_size=10, shuffle=True, seed=3)
+    assert stream.num_batches is None and len(stream) == 4
+    single.epoch = 1
+    np.testing.assert_array_equal(stream[5][1], single[1][1])  # pass 1, batch 1
+    assert sorted(np.concatenate([stream[i][1] for i in range(4, 8)])) == list(range(40))
+
+    class Count(keras.callbacks.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Count.steps += 1
+
+    model = keras.Sequential([keras.Input((4, 4)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(stream, epochs=3, steps_per_epoch=3, shuffle=False, verbose=0, callbacks=[Count()])
+    assert Count.steps == 9
