@@ -2,7 +2,16 @@
 
 # ruff: noqa: F401  (a plain list of re-exports)
 
+from depthlab.layers.convnext import (
+    ConvNeXtBlock,
+    build_convnext,
+    convnext_param_count,
+    decay_mask,
+    layer_count,
+)
+from depthlab.layers.fractional import fbm_path, fgn, gp_smooth
 from depthlab.layers.initializers import TorchDefault, torch_fan_in
+from depthlab.layers.layerscale import LayerScale
 from depthlab.layers.maxnorm import MaxNormConv2D, MaxNormDense
 from depthlab.layers.plainnet import (
     PLAINNET_VARIANTS,
@@ -14,6 +23,8 @@ from depthlab.layers.plainnet import (
     plainnet_activation_layers,
     plainnet_switches,
 )
+from depthlab.layers.residual import PreActBlock
+from depthlab.layers.scaled_residual import ScaledResidualStack, build_resnet
 from depthlab.layers.vgg import (
     VGGEntryBlock,
     VGGProcessingBlock,

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from depthlab.layers.initializers import NumpyNormal
 from depthlab.layers.layerscale import LayerScale
 
 INIT_STD = 0.02  # every Conv/Linear weight ~ N(0, 0.02^2), plain normal (SPEC §1.2)
@@ -22,33 +23,6 @@ LN_EPS = 1e-5  # the reference's LayerNorm eps (SPEC §0.3, §1.2)
 ACTIVATIONS = ("gelu", "sigmoid", "tanh")
 DEFAULT_DEPTHS = (2, 2, 2, 2)
 DEFAULT_DIMS = (64, 128, 256, 512)
-
-
-@keras.saving.register_keras_serializable(package="depthlab")
-class NumpyNormal(keras.initializers.Initializer):
-    """N(0, stddev^2) drawn with numpy (plain normal, not truncated).
-
-    Keras' seeded initialisers draw different numbers per backend (SPEC §0.4) and, under
-    JAX, compile one kernel per new shape; a numpy draw is identical on every backend for
-    the same seed and costs no compilation.
-
-    Args:
-        stddev: standard deviation. Defaults to 0.02 (SPEC §1.2).
-        seed: numpy seed (int or sequence of ints); the same seed gives the same values
-            on every call. None draws fresh values. Defaults to None.
-    """
-
-    def __init__(self, stddev: float = INIT_STD, seed: int | Sequence[int] | None = None):
-        self.stddev = float(stddev)
-        self.seed = list(seed) if isinstance(seed, list | tuple) else seed
-
-    def __call__(self, shape, dtype=None):
-        rng = np.random.default_rng(self.seed)
-        values = rng.standard_normal(tuple(shape), dtype=np.float32) * np.float32(self.stddev)
-        return ops.convert_to_tensor(values, dtype=dtype or "float32")
-
-    def get_config(self):
-        return {"stddev": self.stddev, "seed": self.seed}
 
 
 def _normal(seed: int | None) -> keras.initializers.Initializer:

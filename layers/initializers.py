@@ -13,6 +13,8 @@ import random as python_random
 from collections.abc import Sequence
 
 import keras
+import numpy as np
+from keras import ops
 
 
 def torch_fan_in(shape: Sequence[int], depthwise: bool = False) -> int:
@@ -74,8 +76,11 @@ class TorchDefault(keras.initializers.Initializer):
         return 1.0 / math.sqrt(fan_in)
 
     def __call__(self, shape, dtype=None):
+        # Drawn with numpy: the same seed gives the same weights on every backend (Keras'
+        # seeded initialisers do not, SPEC §0.4), and JAX compiles no kernel per shape.
         limit = self.bound(shape)
-        return keras.random.uniform(shape, minval=-limit, maxval=limit, dtype=dtype, seed=self.seed)
+        values = np.random.default_rng(self.seed).uniform(-limit, limit, tuple(shape))
+        return ops.convert_to_tensor(values.astype(np.float32), dtype=dtype or "float32")
 
     def get_config(self) -> dict:
         return {"fan_in": self.fan_in, "depthwise": self.depthwise, "seed": self._init_seed}
@@ -84,3 +89,30 @@ class TorchDefault(keras.initializers.Initializer):
 # The name SPEC §0.3 gives it: ``Dense(..., kernel_initializer="torch_default")`` (kernels only:
 # a bias needs ``TorchDefault(fan_in=...)``).
 keras.saving.get_custom_objects()["torch_default"] = TorchDefault
+
+
+@keras.saving.register_keras_serializable(package="depthlab")
+class NumpyNormal(keras.initializers.Initializer):
+    """N(0, stddev^2) drawn with numpy (plain normal, not truncated).
+
+    Keras' seeded initialisers draw different numbers per backend (SPEC §0.4) and, under
+    JAX, compile one kernel per new shape; a numpy draw is identical on every backend for
+    the same seed and costs no compilation.
+
+    Args:
+        stddev: standard deviation. Defaults to 0.02 (SPEC §1.2).
+        seed: numpy seed (int or sequence of ints); the same seed gives the same values
+            on every call. None draws fresh values. Defaults to None.
+    """
+
+    def __init__(self, stddev: float = 0.02, seed: int | Sequence[int] | None = None):
+        self.stddev = float(stddev)
+        self.seed = list(seed) if isinstance(seed, list | tuple) else seed
+
+    def __call__(self, shape, dtype=None):
+        rng = np.random.default_rng(self.seed)
+        values = rng.standard_normal(tuple(shape), dtype=np.float32) * np.float32(self.stddev)
+        return ops.convert_to_tensor(values, dtype=dtype or "float32")
+
+    def get_config(self):
+        return {"stddev": self.stddev, "seed": self.seed}

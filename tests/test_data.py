@@ -19,8 +19,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from depthlab import augment, data
 from PIL import Image
+
+from depthlab import augment, data
 
 SHARED_DATA = Path(os.environ["DEPTHLAB_DATA_DIR"])  # set by conftest.py
 

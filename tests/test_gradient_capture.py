@@ -96,6 +96,10 @@ def test_loss_scaling_is_undone_before_capture():
     assert_allclose(static.read()["last_norm"], expected, rtol=1e-6)
     dynamic = with_gradient_capture(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)))
     assert isinstance(dynamic, keras.optimizers.LossScaleOptimizer)
+    assert with_gradient_capture(static) is static
+    assert isinstance(with_gradient_capture("sgd").inner_optimizer, keras.optimizers.SGD)
+    with pytest.raises(ValueError, match="must not wrap"):
+        GradientCapture(static)
     fit_one_step(dynamic)
     assert_allclose(find_capture(dynamic).read()["last_norm"], expected, rtol=1e-6)
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from depthlab.layers.convnext import NumpyNormal
+from depthlab.layers.initializers import NumpyNormal
 from depthlab.layers.residual import PreActBlock
 
 
