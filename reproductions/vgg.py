@@ -297,21 +297,37 @@ TABLE1_METRICS = (
 
 
 def report(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Comparison]:
-    """paper | ours | delta per row and metric; course values as the second reference."""
+    """paper | ours | delta per row and metric; course values as the second reference.
+
+    In the quick profile the comparable reference is the spec's calibration of the same
+    check (last-10-step training loss, SPEC §3.5), listed first for each row.
+    """
     paper = paper_numbers()
-    comparable = config.dataset == "cifar100" and config.split == "coursework"
-    caveat = "" if comparable else f"ours: {_dataset_text(config)}, profile settings differ"
+    quick = config.split == "head"
+    if quick:
+        caveat = "quick profile, CIFAR-10 subset: not comparable to the paper"
+    elif config.dataset == "cifar10":
+        caveat = f"{_dataset_text(config)}"
+    else:
+        caveat = ""
     rows: list[Comparison] = []
     for outcome in outcomes:
         if table == "init":
             rows += _init_rows(outcome, paper["init_gradients_quick"])
             continue
+        status = [outcome.status] if outcome.status in ("diverged", "failed") else []
+        calibration = paper["quick_training"].get(outcome.job.key)
+        if quick and calibration:
+            seeds = " / ".join(f"{v:.3f}" for v in calibration["last10"])
+            rows.append(Comparison(
+                outcome.job.label, f"last-10 train loss, {calibration['steps']} steps",
+                calibration["last10"][0], outcome.results.get("last10_loss"),
+                "; ".join([f"spec §3.5 calibration, seeds 0/1/2: {seeds}; ln 10 = 2.303",
+                           *status]), digits=3))
         ref = paper["rows"][outcome.job.key]
         for key, metric, digits in TABLE1_METRICS:
-            ours = outcome.results.get(key)
             notes = [caveat] if caveat and key != "params" else []
-            paper_value = ref.get(key)
-            paper_text = ref.get(f"{key}_text")
+            paper_value, paper_text = ref.get(key), ref.get(f"{key}_text")
             if key == "params":  # the paper's "60 K" and the exact count for our head
                 ten = outcome.job.config.dataset == "cifar10"
                 paper_value = ref["params_exact_c10" if ten else "params_exact"]
@@ -320,10 +336,9 @@ def report(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Compa
             course = ref.get("course", {}).get(key)
             if course is not None:
                 notes.append(f"course CSV: {course}")
-            if outcome.status in ("diverged", "failed"):
-                notes.append(outcome.status)
-            rows.append(Comparison(outcome.job.label, metric, paper_value, ours,
-                                   "; ".join(n for n in notes if n), paper_text, digits))
+            rows.append(Comparison(outcome.job.label, metric, paper_value,
+                                   outcome.results.get(key), "; ".join(notes + status),
+                                   paper_text, digits))
     return rows
 
 
