@@ -274,6 +274,8 @@ def _run_job(study: Study, job: Job, experiment_id: str, env_tags: Mapping[str, 
                 import keras
 
                 keras.utils.set_random_seed(int(seed))
+            if resume_id is None:
+                tracking.log_dict(dataclasses.asdict(job.config), "config.json")
             context = Context(study, job, active.info.run_id, checkpoint_dir, echo)
             try:
                 results = dict(study.execute(job, context))

@@ -4,8 +4,10 @@ interrupted run, divergence, determinism. Uses a two-layer net so each fit takes
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -105,6 +107,8 @@ def test_end_to_end_run_is_in_the_store(mlruns, tmp_path):
         run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "notes")}
     assert artifacts == {"notes/hello.txt"}
+    saved = client.download_artifacts(outcome.run_id, "config.json", str(tmp_path))
+    assert json.loads(Path(saved).read_text()) == dataclasses.asdict(TinyConfig())
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
         f"tiny_tablet_quick_{run.data.tags['backend']}.md"}

@@ -116,3 +116,27 @@ def test_command_end_to_end_and_store_contents(tmp_path):
     again = subprocess.run(command, cwd=tmp_path, env=env, text=True, capture_output=True,
                            timeout=600)
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_recipe_settings(mlruns):
+    """SPEC §3.7 items 5 and 7: Adam betas (0.9, 0.999), eps 1e-8, no weight decay; the
+    CIFAR-10 constants for both data sets, crop pad 4, flip only on training batches."""
+    from depthlab import data
+
+    paper = vgg.PAPER
+    model = vgg._model_and_optimizer(paper, 100, steps_per_epoch=475)
+    inner = model.optimizer.inner_optimizer
+    assert type(inner).__name__ == "Adam"
+    assert (inner.beta_1, inner.beta_2, inner.epsilon) == (0.9, 0.999, 1e-8)
+    assert inner.weight_decay is None and not inner.amsgrad
+    lr = inner.learning_rate  # the per-epoch cosine, read at steps 0 and 50 epochs
+    assert float(lr) == pytest.approx(1e-3)
+    assert float(inner._learning_rate(50 * 475)) == pytest.approx(5.1e-4, rel=1e-5)
+    train, val, _, _ = vgg._load("cifar10", "head", 64, 64, 0)
+    config = dataclasses.replace(paper, dataset="cifar10")
+    batches = vgg._batches(train, config, train=True), vgg._batches(val, config, train=False)
+    for b in batches:
+        assert (b.mean, b.std) == (data.CIFAR10_MEAN, data.CIFAR10_STD)
+    assert batches[0].augment and batches[0].pad == 4 and not batches[1].augment
+    assert data.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)
+    assert data.CIFAR10_STD == (0.2023, 0.1994, 0.2010)
