@@ -29,6 +29,15 @@ model variable so that deep nets do not carry thousands of extra state arrays:
   :meth:`GradientCapture.reset_running`, so a mean over every step of an epoch is exact
   without reading every step;
 - ``last_global_norm``, ``sum_global_norm``, ``last_clip_factor`` (1 without clipping).
+
+Everything is backend-agnostic ``keras.ops`` (compiled into the step under JAX and
+TensorFlow) except the per-tensor reductions on torch, which runs eagerly: there one
+fused multi-tensor call in ``_grads_torch`` replaces ~5 dispatched ops per tensor
+(7 ms -> 1.2 ms per step for an 18-tensor CNN on CPU).
+
+Not covered: per-variable ``clipnorm`` and ``clipvalue`` (the raw gradient is still what
+is recorded, but no clip factor); with ``gradient_accumulation_steps`` each micro-batch's
+gradient is recorded.
 """
 
 from __future__ import annotations
