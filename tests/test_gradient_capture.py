@@ -271,7 +271,7 @@ def jax_reference(params: dict, images: np.ndarray, labels: np.ndarray) -> np.nd
     return np.array(rows)
 
 
-@pytest.mark.cross_backend
+@pytest.mark.once
 def test_gradients_agree_across_backends_and_with_reference(tmp_path):
     from grad_probe import PARAMS, draw_params, load_batch
 
