@@ -30,6 +30,10 @@ class EpochLogger(keras.callbacks.Callback):
         echo: where lines go. Defaults to ``print``.
     """
 
+    # Batch-end work only reads the loss every ``nan_check_every`` steps: safe for Keras to
+    # run off the training thread, which keeps JAX/TF/torch free of a sync per step.
+    async_safe = True
+
     def __init__(self, epochs: int, nan_check_every: int = 100, label: str = "",
                  echo: Callable[[str], None] = print):
         super().__init__()

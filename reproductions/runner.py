@@ -165,6 +165,10 @@ class Context:
             )
         if hasattr(train, "epoch_callback"):  # batches follow fit's epoch, resumes too
             extra.insert(0, train.epoch_callback())
+        for callback in extra:
+            # Keras syncs the device every step unless all batch-end hooks are async-safe;
+            # with save_freq="epoch" these only check a counter there.
+            callback.async_safe = True
         model.fit(
             train,
             validation_data=validation,
