@@ -76,4 +76,6 @@ class EpochLogger(keras.callbacks.Callback):
     def _diverge(self) -> None:
         if self.diverged_at is None:
             self.diverged_at = self._epoch
-        self.model.stop_training = True
+        # ``_model``, not ``model``: this may run on Keras' batch-end thread, and under JAX
+        # the ``model`` property syncs the training state, racing the training thread.
+        self._model.stop_training = True

@@ -104,8 +104,3 @@ def apply_overrides(config: C, overrides: Mapping[str, str]) -> C:
             )
         changes[key] = _parse(text, hints[key], key)
     return dataclasses.replace(config, **changes)
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-friendly dict of a (possibly nested) config dataclass."""
-    return dataclasses.asdict(config)

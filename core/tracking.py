@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -172,17 +171,6 @@ def log_text(text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
 
-def log_file(path: str | os.PathLike, artifact_path: str | None = None) -> None:
-    """Log an existing local file as an artifact."""
-    if mlflow.active_run() is not None:
-        mlflow.log_artifact(str(path), artifact_path)
-
-
 def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
     """Log a JSON-serialisable mapping as a JSON artifact."""
     log_text(json.dumps(data, indent=2, default=str), artifact_file)
-
-
-def artifact_dir() -> Path:
-    """A local scratch folder for files about to be logged as artifacts."""
-    return Path(tempfile.mkdtemp(prefix="depthlab-"))

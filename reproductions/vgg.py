@@ -186,7 +186,7 @@ def _model_and_optimizer(config: VGGConfig, num_classes: int, steps_per_epoch: i
     return model
 
 
-def _grad_logger(model, config: VGGConfig):
+def _grad_logger(config: VGGConfig):
     from depthlab.callbacks.gradient_logger import GradientLogger
     from depthlab.layers.vgg import gradient_flow_label
 
@@ -213,7 +213,7 @@ def execute_table1(job: Job, ctx: Context) -> dict[str, float]:
     step_loss = StepLoss(window=10)
     history = ctx.fit(model, train_batches, epochs=config.epochs,
                       validation=_batches(val, config, train=False),
-                      callbacks=[_grad_logger(model, config), step_loss],
+                      callbacks=[_grad_logger(config), step_loss],
                       best_monitor="val_accuracy", steps_per_epoch=config.steps_per_epoch or None)
     flow = np.array([ctx.metric_history(f"grad_mean_abs/{name}") for name in labels]).T
     title = f"{job.label}: gradient flow ({_dataset_text(config)})"
@@ -253,7 +253,7 @@ def execute_init(job: Job, ctx: Context) -> dict[str, float]:
     first = data.Split(train.x[:INIT_IMAGES], train.y[:INIT_IMAGES])
     model = _model_and_optimizer(config, num_classes, 1)
     ctx.fit(model, _batches(first, config, train=False), epochs=1,
-            callbacks=[_grad_logger(model, config)])
+            callbacks=[_grad_logger(config)])
     labels = [name for name, _ in gradient_flow_labels(model)]
     values = [ctx.metric_history(f"grad_mean_abs/{name}")[-1] for name in labels]
     ctx.log_text(_flow_csv(labels, np.array([values])), "gradient_flow_init.csv")
