@@ -140,3 +140,29 @@ def test_recipe_settings(mlruns):
     assert batches[0].augment and batches[0].pad == 4 and not batches[1].augment
     assert data.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)
     assert data.CIFAR10_STD == (0.2023, 0.1994, 0.2010)
+
+
+def test_paper_profile_runs_on_the_cifar10_stand_in(mlruns):
+    """The paper recipe itself (coursework split of 47,500 / 2,500, batch 100, per-image
+    crop + flip, Adam + per-epoch cosine to 2e-5), cut to 2 epochs of 2 steps: the path a
+    GPU run takes, on the offline CIFAR-10 copy, labelled lossy."""
+    config = dataclasses.replace(vgg.PAPER, dataset="cifar10", epochs=2, steps_per_epoch=2,
+                                 val_images=100, test_images=100)
+    jobs = vgg.table1_jobs(config, ["vgg08"])
+    assert jobs[0].config.epochs == 2 and jobs[0].config.batch_size == 100
+    train, val, _, _ = vgg._images(config)
+    assert (len(train.x), len(val.x)) == (47_500, 100)
+    assert vgg._batches(train, config, train=True).augment
+    (outcome,) = runner.run(vgg.STUDY, "1", "paper", config=config, rows=["vgg08"],
+                            results_dir=None, echo=lambda line: None)
+    assert outcome.status == "finished", outcome.message
+    assert outcome.results["params"] == 56_746  # SPEC §3.7 item 1, C = 10
+    assert outcome.results["steps"] == 4
+    client = MlflowClient()
+    lr = [m.value for m in sorted(client.get_metric_history(outcome.run_id, "lr"),
+                                  key=lambda m: m.step)]
+    assert lr == pytest.approx([1e-3, 2e-5 + (1e-3 - 2e-5) / 2])  # cosine, T_max = 2 epochs
+    run = client.get_run(outcome.run_id)
+    assert run.data.tags["profile"] == "paper" and run.data.tags["data_copy"] == "lossy"
+    rows = vgg.STUDY.report("1", config, [outcome])
+    assert all("lossy" in row.notes for row in rows if row.metric != "#params")
