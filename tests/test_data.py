@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from depthlab import augment, data
+from depthlab import augment, convert, data
 
 SHARED_DATA = Path(os.environ["DEPTHLAB_DATA_DIR"])  # set by conftest.py
 
@@ -89,7 +89,7 @@ def test_usps_counts_and_uint8_rendering():
     milli = data.usps(milli=True)
     assert milli.train.x.dtype == np.int16 and milli.train.x.min() == -1000
     # the converter's uint8 rendering reproduces the offline arrays exactly
-    assert np.array_equal(data.usps_uint8(milli.test.x), ds.test.x)
+    assert np.array_equal(convert.usps_uint8(milli.test.x), ds.test.x)
 
 
 def test_coil20_split_and_resize():
@@ -240,7 +240,7 @@ def build_usps(rng):
         ]
         files.append((f"zip.{part}.gz", gzip.compress("".join(lines).encode())))
         want |= {f"x_{part}_milli": milli.reshape(n, 16, 16), f"y_{part}": labels}
-        want[f"x_{part}"] = data.usps_uint8(want[f"x_{part}_milli"])
+        want[f"x_{part}"] = convert.usps_uint8(want[f"x_{part}_milli"])
     return files, want
 
 
@@ -337,7 +337,7 @@ def test_cifar_pickle_refuses_foreign_globals(tmp_path):
     bad = {"cifar-100-python/train": {b"data": Path("x")}}  # pickles a pathlib global
     (tmp_path / "bad.tar.gz").write_bytes(tar_gz(bad))
     with pytest.raises(pickle.UnpicklingError, match="unexpected global pathlib"):
-        data.convert_cifar100(tmp_path / "bad.tar.gz")
+        convert.convert_cifar100(tmp_path / "bad.tar.gz")
 
 
 def test_real_content_digests_match_offline_copies():
