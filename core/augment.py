@@ -88,7 +88,9 @@ class ImageBatches(keras.utils.PyDataset):
         repeat: an endless stream of passes (batch i comes from pass i // len), for
             ``fit(steps_per_epoch=...)`` with epochs that do not divide a pass: Keras does
             not wrap a finite dataset inside an epoch. Each pass is shuffled and augmented
-            from (seed, pass). Defaults to False.
+            from (seed, pass). A resumed ``fit`` (``initial_epoch`` k, with
+            :meth:`epoch_callback`) continues the stream at batch k * steps_per_epoch.
+            Defaults to False.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of PyDataset.
     """
 
@@ -125,6 +127,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.repeat = repeat
         self.epoch = start_epoch
         self._served: set[int] = set()
+        self._stream_offset = 0  # repeat: stream batches that fit's indices start after
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -149,6 +152,7 @@ class ImageBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         epoch = self.epoch
         if self.repeat:
+            index += self._stream_offset
             epoch, index = self.epoch + index // len(self), index % len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"batch index out of range 0..{len(self) - 1}. Received: {index=}")
@@ -174,15 +178,31 @@ class ImageBatches(keras.utils.PyDataset):
         self._served.clear()
 
     def epoch_callback(self) -> keras.callbacks.Callback:
-        """A callback setting ``epoch`` to ``fit``'s epoch number at each epoch's start
-        (a no-op with ``repeat``, where the pass follows from the batch index)."""
+        """A callback tying the data to ``fit``'s epoch number, so a resumed ``fit`` sees
+        the batches the uninterrupted one would have: it sets ``epoch`` at each epoch's
+        start, or with ``repeat`` moves the stream to ``initial_epoch * steps``."""
+        return _EpochSync(self)
 
-        def begin(epoch: int, logs: dict | None = None) -> None:
-            if not self.repeat:
-                self.epoch = epoch
-            self._served.clear()
 
-        return keras.callbacks.LambdaCallback(on_epoch_begin=begin)
+class _EpochSync(keras.callbacks.Callback):
+    """See :meth:`ImageBatches.epoch_callback`."""
+
+    def __init__(self, batches: ImageBatches):
+        super().__init__()
+        self.batches = batches
+        self._first = True
+
+    def on_train_begin(self, logs=None):
+        self._first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        batches = self.batches
+        if not batches.repeat:
+            batches.epoch = epoch
+        elif self._first:  # Keras numbers a fit's stream from 0, resumed or not
+            batches._stream_offset = epoch * int(self.params.get("steps") or 0)
+        self._first = False
+        batches._served.clear()
 
 
 def split_batches(

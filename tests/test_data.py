@@ -483,3 +483,36 @@ def test_repeat_streams_passes_for_exact_step_counts():
     model.compile("sgd", "mse")
     model.fit(stream, epochs=3, steps_per_epoch=3, shuffle=False, verbose=0, callbacks=[Count()])
     assert Count.steps == 9
+
+
+def test_repeat_stream_resumes_where_it_stopped():
+    """A fit resumed at epoch 2 trains on the batches the uninterrupted fit saw there:
+    with plain SGD both end with the same weights."""
+    x = np.arange(40 * 4 * 4, dtype=np.uint8).reshape(40, 4, 4)
+    y = (np.arange(40) % 7).astype(np.float32)
+
+    def stream():
+        return augment.ImageBatches(x, y, batch_size=10, shuffle=True, seed=3, repeat=True)
+
+    def model():
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((4, 4)), keras.layers.Flatten(), keras.layers.Dense(1)])
+        m.compile(keras.optimizers.SGD(0.01), "mse")
+        return m
+
+    def fit(m, data, **kwargs):
+        m.fit(data, steps_per_epoch=3, shuffle=False, verbose=0,
+              callbacks=[data.epoch_callback()], **kwargs)
+
+    whole = model()
+    fit(whole, stream(), epochs=4)
+    resumed = model()
+    fit(resumed, stream(), epochs=2)
+    fit(resumed, stream(), epochs=4, initial_epoch=2)  # a new process would build it anew
+    restarted = model()
+    fit(restarted, stream(), epochs=2)
+    restarted.fit(stream(), epochs=4, initial_epoch=2, steps_per_epoch=3, shuffle=False,
+                  verbose=0)  # without the callback the stream starts over
+    for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert not np.allclose(whole.get_weights()[0], restarted.get_weights()[0], rtol=1e-6)
