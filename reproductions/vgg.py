@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from depthlab.report import Comparison
+from depthlab.report import Comparison, claim
 from depthlab.reproductions.runner import Context, Job, Outcome, Study
 
 
@@ -240,7 +240,19 @@ def execute_table1(job: Job, ctx: Context) -> dict[str, float]:
         "steps": step_loss.steps,
     }
     results.update({f"grad.{name}": float(v) for name, v in zip(labels, flow[-1], strict=True)})
+    results.update(_flow_extremes(labels, flow))
     return results
+
+
+def _flow_extremes(labels: Sequence[str], flow: np.ndarray) -> dict[str, float]:
+    """Over every epoch: the smallest entry, and the largest entry up to the two labels the
+    paper-profile claims name (SPEC §3.5)."""
+    out = {"grad_min": float(flow.min())}
+    for stop, key in (("reduction_block_0_conv_1", "grad_max_to_reduction_0"),
+                      ("block_2_4_conv_1", "grad_max_to_block_2")):
+        if stop in labels:
+            out[key] = float(flow[:, : list(labels).index(stop) + 1].max())
+    return out
 
 
 def execute_init(job: Job, ctx: Context) -> dict[str, float]:
@@ -339,7 +351,142 @@ def report(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Compa
             rows.append(Comparison(outcome.job.label, metric, paper_value,
                                    outcome.results.get(key), "; ".join(notes + status),
                                    paper_text, digits))
-    return rows
+    return rows + claims(table, config, outcomes)
+
+
+# --- claims ------------------------------------------------------------------------------
+
+
+def claims(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Comparison]:
+    """The study's qualitative claims checked on the rows that ran (SPEC §3.5): Q1-Q4 in
+    the quick profile, the paper profile's acceptance on CIFAR-100, and the stand-in's on
+    CIFAR-10. A claim whose rows did not run is left out."""
+    got = {o.job.key: o.results for o in outcomes if o.results}
+    names = {o.job.key: o.job.label for o in outcomes}
+    if table == "init":
+        return _init_claims(got, names)
+    if config.split == "head":
+        return _quick_claims(got, outcomes)
+    if config.dataset == "cifar10":
+        return _stand_in_claims(got)
+    return _paper_claims(got, names)
+
+
+def _quick_claims(got: Mapping[str, Mapping], outcomes: list[Outcome]) -> list[Comparison]:
+    ln10, source = math.log(10), "SPEC §3.5"
+    steps = {o.job.key: o.job.config.epochs * o.job.config.steps_per_epoch for o in outcomes}
+    out = []
+    for key, name, margin in (("vgg08", "Q2 VGG08 learns", 0.25),
+                              ("vgg38_bnrc_1e-3", "Q3 VGG38 BN+RC learns", 0.15)):
+        loss = got.get(key, {}).get("last10_loss")
+        if loss is not None and steps[key] == QUICK_STEPS[key][0] * QUICK_STEPS[key][1]:
+            out.append(claim(f"{name}: last-10 loss, {steps[key]} steps", loss,
+                             loss <= ln10 - margin, f"≤ {ln10 - margin:.3f}", source))
+    plain = got.get("vgg38", {})
+    if "last10_loss" in plain and steps["vgg38"] == 20:
+        loss, first = plain["last10_loss"], plain["grad.input_conv_conv_0"]
+        out += [claim("Q4 VGG38 stays at chance: last-10 loss, 20 steps", loss,
+                      abs(loss - ln10) <= 0.05, f"{ln10:.3f} ± 0.05", source),
+                claim("Q4 VGG38: mean|grad| input_conv_conv_0", first, first < 1e-10,
+                      "< 1e-10", source)]
+    return out
+
+
+def _init_claims(got: Mapping[str, Mapping], names: Mapping[str, str]) -> list[Comparison]:
+    def convs(key: str) -> dict[str, float]:
+        return {k[len("grad."):]: v for k, v in got.get(key, {}).items()
+                if k.startswith("grad.") and "conv_" in k and "_bn_" not in k}
+
+    source, out = "SPEC §3.5 Q1", []
+    plain = convs("vgg38")
+    if plain:
+        early = max(v for k, v in plain.items()
+                    if k == "input_conv_conv_0" or k.startswith("block_0_"))
+        later = plain["reduction_block_2_conv_1"]
+        out += [claim("VGG38 at init: max mean|grad| input conv + block_0 convs", early,
+                      early < 1e-10, "< 1e-10", source),
+                claim("VGG38 at init: reduction_block_2_conv_1", later, later > 1e-6,
+                      "> 1e-6", source)]
+    for key, floor in (("vgg08", 1e-7), ("vgg38_rc", 1e-7), ("vgg38_bn", 1e-4),
+                       ("vgg38_bnrc", 1e-4)):
+        if convs(key):
+            low = min(convs(key).values())
+            out.append(claim(f"{names[key]}: min mean|grad| over convs", low,
+                             low > floor, f"> {floor:g}", source))
+    return out
+
+
+def _chance_claims(plain: Mapping[str, float], classes: int, max_acc: float,
+                   source: str) -> list[Comparison]:
+    if "train_loss" not in plain:
+        return []
+    ln = math.log(classes)
+    acc = max(plain["train_acc"], plain["val_acc"], plain["test_acc"])
+    return [claim(f"VGG38 {part} loss within ±0.02 of ln {classes}", plain[f"{part}_loss"],
+                  abs(plain[f"{part}_loss"] - ln) <= 0.02, f"{ln:.3f} ± 0.02", source)
+            for part in ("train", "val")] + [
+        claim("VGG38 max of train/val/test acc %", acc, acc <= max_acc, f"≤ {max_acc:g}",
+              source, digits=2)]
+
+
+def _paper_claims(got: Mapping[str, Mapping], names: Mapping[str, str]) -> list[Comparison]:
+    source, paper = "SPEC §3.5 paper acceptance", paper_numbers()["rows"]
+    out = _chance_claims(got.get("vgg38", {}), 100, 2.0, source)
+    plain = got.get("vgg38", {})
+    for key, stop, bound in (("grad_max_to_reduction_0", "reduction_block_0_conv_1", 1e-10),
+                             ("grad_max_to_block_2", "block_2_4_conv_1", 1e-8)):
+        if key in plain:
+            out.append(claim(f"VGG38 max mean|grad| up to {stop}, every epoch", plain[key],
+                             plain[key] < bound, f"< {bound:g}", source))
+    for key in ("vgg08", "vgg38_bnrc_1e-3", "vgg38_bnrc_1e-2"):
+        if "grad_min" in got.get(key, {}):
+            low = got[key]["grad_min"]
+            out.append(claim(f"{names[key]}: min mean|grad|, every epoch", low,
+                             low > 1e-6, "> 1e-6", source))
+    trained = {k: v for k, v in got.items() if k != "vgg38" and "val_acc" in v}
+    for key, row in trained.items():
+        ref = paper[key]
+        acc = max(abs(row[m] - ref[m]) for m in ("train_acc", "val_acc"))
+        loss = max(abs(row[m] - ref[m]) for m in ("train_loss", "val_loss"))
+        name = names[key]
+        out += [claim(f"{name}: max |acc - paper| (train, val)", acc, acc <= 4, "≤ 4", source,
+                      digits=2),
+                claim(f"{name}: max |loss - paper| (train, val)", loss, loss <= 0.2, "≤ 0.2",
+                      source)]
+    if trained:
+        low = min(v["val_acc"] for v in trained.values())
+        out.append(claim("every trained row: min val acc %", low, low >= 40, "≥ 40", source,
+                         digits=2))
+    val = {k: v["val_acc"] for k, v in trained.items()}
+    bnrc = [val[k] for k in ("vgg38_bnrc_1e-3", "vgg38_bnrc_1e-2") if k in val]
+    bn = [val[k] for k in ("vgg38_bn_1e-2", "vgg38_bn_1e-3") if k in val]
+    if bnrc and bn and "vgg38_rc" in val:
+        ordered = max(bnrc) > val["vgg38_rc"] > max(bn)
+        out.append(claim(f"val acc BN+RC {max(bnrc):.2f} > RC {val['vgg38_rc']:.2f} > "
+                         f"BN {max(bn):.2f}", None, ordered, "ordered", source))
+    if "test_acc" in got.get("vgg38_bnrc_1e-2", {}):
+        test = got["vgg38_bnrc_1e-2"]["test_acc"]
+        out.append(claim("VGG38 BN+RC, lr 0.01: test acc %", test, abs(test - 61.09) <= 4,
+                         "61.09 ± 4", source, digits=2))
+    return out
+
+
+def _stand_in_claims(got: Mapping[str, Mapping]) -> list[Comparison]:
+    source = "SPEC §3.5 stand-in acceptance (UNVERIFIED in the spec)"
+    out = _chance_claims(got.get("vgg38", {}), 10, 11.0, source)
+    val = {k: v["val_acc"] for k, v in got.items() if k != "vgg38" and "val_acc" in v}
+    if val:
+        low = min(val.values())
+        out.append(claim("every row but VGG38: min val acc %", low, low >= 60, "≥ 60", source,
+                         digits=2))
+    bnrc = [val[k] for k in ("vgg38_bnrc_1e-3", "vgg38_bnrc_1e-2") if k in val]
+    others = [v for k, v in val.items() if not k.startswith("vgg38_bnrc")]
+    if bnrc and others:
+        out.append(claim("BN+RC is the best row: its val acc % minus the best other's",
+                         max(bnrc) - max(others), max(bnrc) > max(others), "> 0", source,
+                         digits=2))
+    return out
+
 
 
 def _init_rows(outcome: Outcome, reference: Mapping[str, list[float]]) -> list[Comparison]:
