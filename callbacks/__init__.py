@@ -11,6 +11,7 @@ from depthlab.callbacks.activation_stats import (
     activation_statistics,
     probe_model,
 )
+from depthlab.callbacks.backup import ThrottledBackup
 from depthlab.callbacks.conditioning import kappa_2, kappa_inf, kernel_conditioning
 from depthlab.callbacks.epoch_logger import EpochLogger
 from depthlab.callbacks.gradient_capture import GradientCapture, with_gradient_capture

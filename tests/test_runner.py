@@ -26,6 +26,7 @@ class TinyConfig:
     lr: float = 0.05
     poison: bool = False  # a NaN pixel: the loss is NaN from the first step
     seed: int = 0
+    backup_every_s: float = 0.0  # back up every epoch (the runner's default is 60 s)
 
 
 # An interrupted job: raise at the end of this epoch. Kept out of the config so the
@@ -63,7 +64,7 @@ def execute(job: runner.Job, ctx: runner.Context) -> dict[str, float]:
     train = data.ImageBatches(x, y, batch_size=64, shuffle=True, seed=config.seed)
     callbacks = [CrashAt(CRASH_AT["epoch"])]
     history = ctx.fit(model, train, epochs=config.epochs, callbacks=callbacks,
-                      nan_check_every=1)
+                      nan_check_every=1, backup_every_s=config.backup_every_s)
     ctx.log_text("hello", "notes/hello.txt")
     return {"final_loss": history["loss"][-1], "epochs_logged": len(history["loss"])}
 
@@ -144,6 +145,23 @@ def test_interrupted_run_resumes_from_its_last_epoch(mlruns, monkeypatch):
     assert steps == [0, 1, 2]  # epoch 0 restored from its checkpoint, not trained again
     assert resumed.results["epochs_logged"] == 3
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
+
+
+def test_backups_are_throttled_and_a_resume_without_one_starts_over(mlruns, monkeypatch):
+    """With an interval longer than the run no backup is written: the resumed job trains
+    from epoch 0 again (same MLflow run, epoch 0 logged twice, the later value kept)."""
+    monkeypatch.setitem(CRASH_AT, "epoch", 1)
+    config = dataclasses.replace(TinyConfig(), backup_every_s=3600.0)
+    (crashed,), _ = _run(config)
+    assert crashed.status == "failed"
+    backups = list((tracking.store_root() / "checkpoints").rglob("*.weights.h5"))
+    assert backups == []
+    monkeypatch.setitem(CRASH_AT, "epoch", -1)
+    (resumed,), _ = _run(config)
+    assert resumed.status == "finished"
+    steps = sorted(m.step for m in MlflowClient().get_metric_history(resumed.run_id, "loss"))
+    assert steps == [0, 0, 1, 2]  # epoch 0 trained again (the crash came before 1 was logged)
+    assert resumed.results["epochs_logged"] == 3
 
 
 def test_divergence_marks_the_run_and_the_sweep_continues(mlruns):
