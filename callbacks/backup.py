@@ -1,9 +1,10 @@
 """``BackupAndRestore`` that saves at an epoch end at most once per interval.
 
 Keras' callback saves the weights and optimizer state at every epoch end; for VGG38 with
-Adam that takes ~0.25 s (h5 writes, twice with ``double_checkpoint``), which is 5-10 % of a
-GPU epoch of the paper recipe. Saving once at least ``every_s`` seconds have passed bounds
-both the cost and the training an interrupted run repeats when it resumes.
+Adam that took ~0.25 s on the 2-core CPU (h5 writes, with a copy of the previous backup),
+which short GPU epochs of the paper recipe would feel (an estimate, not measured on a GPU).
+Saving once at least ``every_s`` seconds have passed bounds both that cost and the training
+an interrupted run repeats when it resumes.
 """
 
 from __future__ import annotations

@@ -133,8 +133,8 @@ class Context:
         Adds the runner's callbacks to the study's: ``BackupAndRestore`` in this job's
         checkpoint folder, saving at an epoch end once ``backup_every_s`` have passed since
         its last save (an interrupted job resumes from that epoch and repeats at most that
-        much training; saving VGG38 with its Adam state takes ~0.25 s, which every epoch
-        would cost 5-10 % of a GPU epoch), one
+        much training; saving VGG38 with its Adam state took ~0.25 s on CPU, a cost short GPU
+        epochs would feel), one
         progress line and one MLflow ``log_metrics`` call per epoch, NaN/Inf detection
         (raises :class:`Diverged`), and, with ``best_monitor``, a best-so-far weights file
         for :meth:`load_best` (strictly greater than every earlier epoch, starting at 0).
