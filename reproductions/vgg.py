@@ -8,6 +8,8 @@ Tables:
            non-bias weight, course labels) as metrics, CSV and the course-style plot.
   ``init`` Gradient flow at initialisation (SPEC §3.5 Q1): one train-mode forward/backward
            on 100 images for the five architectures.
+Both tables end with the study's claims (SPEC §3.5) checked on the rows that ran:
+Q1-Q4 in ``quick``, the paper acceptance in ``paper``, the stand-in's on CIFAR-10.
 
 Profiles: ``paper`` is the full recipe (CIFAR-100, 100 epochs, batch 100, Adam + cosine
 per epoch); ``quick`` is the CPU-minutes check of §3.5 (first 2,048 offline CIFAR-10
