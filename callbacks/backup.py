@@ -22,6 +22,9 @@ class ThrottledBackup(keras.callbacks.BackupAndRestore):
         every_s: minimum seconds between backups; 0 backs up every epoch, as Keras does.
     """
 
+    # Its batch-end hook only checks ``save_freq`` ("epoch"): no device sync needed per step.
+    async_safe = True
+
     def __init__(self, backup_dir: str, every_s: float = 60.0):
         super().__init__(backup_dir, save_freq="epoch", double_checkpoint=True)
         self.every_s = every_s

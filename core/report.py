@@ -93,17 +93,16 @@ def csv_table(rows: list[Comparison]) -> str:
     return buffer.getvalue()
 
 
-def claim(statement: str, ours: float | None, holds: bool | None, expected: str,
+def claim(statement: str, ours: float | None, holds: bool, expected: str,
           source: str = "", digits: int = 3) -> Comparison:
     """A qualitative claim checked on measured numbers, as one line of the table.
 
     Args:
         statement: the claim, e.g. "VGG38 train loss within ±0.02 of ln 100".
-        ours: the measured number the check reads (None: not measured).
-        holds: the verdict; None when the rows it needs were not run or failed.
+        ours: the measured number the check reads (None where it reads several).
+        holds: the verdict.
         expected: the condition as shown in the paper column, e.g. "≤ 2.053".
         source: where the claim comes from (e.g. "SPEC §3.5").
     """
-    verdict = {True: "✓ holds", False: "✗ FAILS", None: "not checked (rows missing)"}[holds]
-    notes = "; ".join(part for part in (verdict, source) if part)
+    notes = "; ".join(part for part in ("✓ holds" if holds else "✗ FAILS", source) if part)
     return Comparison("claim", statement, None, ours, notes, expected, digits)

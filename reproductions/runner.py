@@ -130,12 +130,10 @@ class Context:
     ) -> dict[str, list[float]]:
         """Train with ``model.fit``, resumable per epoch, and return the per-epoch metrics.
 
-        Adds the runner's callbacks to the study's: ``BackupAndRestore`` in this job's
-        checkpoint folder, saving at an epoch end once ``backup_every_s`` have passed since
-        its last save (an interrupted job resumes from that epoch and repeats at most that
-        much training; saving VGG38 with its Adam state took ~0.25 s on CPU, a cost short GPU
-        epochs would feel), one
-        progress line and one MLflow ``log_metrics`` call per epoch, NaN/Inf detection
+        Adds the runner's callbacks to the study's: a backup in this job's checkpoint
+        folder (:class:`~depthlab.callbacks.backup.ThrottledBackup`, at an epoch end once
+        ``backup_every_s`` have passed since the last one; an interrupted job resumes from
+        it), one progress line and one MLflow ``log_metrics`` call per epoch, NaN/Inf detection
         (raises :class:`Diverged`), and, with ``best_monitor``, a best-so-far weights file
         for :meth:`load_best` (strictly greater than every earlier epoch, starting at 0).
 
@@ -157,22 +155,20 @@ class Context:
         ]
         if best_monitor is not None:
             earlier = self.metric_history(best_monitor)
-            extra.append(
-                keras.callbacks.ModelCheckpoint(
-                    str(self.best_path),
-                    monitor=best_monitor,
-                    mode="max",
-                    save_best_only=True,
-                    save_weights_only=True,
-                    initial_value_threshold=max([0.0, *earlier]),
-                )
+            best = keras.callbacks.ModelCheckpoint(
+                str(self.best_path),
+                monitor=best_monitor,
+                mode="max",
+                save_best_only=True,
+                save_weights_only=True,
+                initial_value_threshold=max([0.0, *earlier]),
             )
+            # Keras syncs the device every step unless every batch-end hook is async-safe;
+            # with save_freq="epoch" this one only checks a counter there.
+            best.async_safe = True
+            extra.append(best)
         if hasattr(train, "epoch_callback"):  # batches follow fit's epoch, resumes too
             extra.insert(0, train.epoch_callback())
-        for callback in extra:
-            # Keras syncs the device every step unless all batch-end hooks are async-safe;
-            # with save_freq="epoch" these only check a counter there.
-            callback.async_safe = True
         model.fit(
             train,
             validation_data=validation,

@@ -320,10 +320,8 @@ def report(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Compa
     quick = config.split == "head"
     if quick:
         caveat = "quick profile, CIFAR-10 subset: not comparable to the paper"
-    elif config.dataset == "cifar10":
-        caveat = f"{_dataset_text(config)}"
     else:
-        caveat = ""
+        caveat = _dataset_text(config) if config.dataset == "cifar10" else ""
     rows: list[Comparison] = []
     for outcome in outcomes:
         if table == "init":
