@@ -28,14 +28,12 @@ class ThrottledBackup(keras.callbacks.BackupAndRestore):
     def __init__(self, backup_dir: str, every_s: float = 60.0):
         super().__init__(backup_dir, save_freq="epoch", double_checkpoint=True)
         self.every_s = every_s
-        self._saved_at = time.monotonic()
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._saved_at = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        self._current_epoch, self._last_batch_seen = epoch + 1, 0
         if time.monotonic() - self._saved_at >= self.every_s:
-            self._save_model()
+            super().on_epoch_end(epoch, logs)  # records the epoch and saves
             self._saved_at = time.monotonic()

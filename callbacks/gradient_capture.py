@@ -24,11 +24,15 @@ State, one entry per model variable in the order the optimizer was built with (t
 ``model.trainable_variables``), kept as a few vector variables rather than one scalar per
 model variable so that deep nets do not carry thousands of extra state arrays:
 
-- ``last_norm``, ``last_mean_abs``: the reductions of the latest step;
-- ``sum_norm``, ``sum_mean_abs`` and the ``steps`` counter: running sums since the last
+- ``last_norm``, ``last_sum_abs``: the reductions of the latest step;
+- ``sum_norm``, ``sum_sum_abs`` and the ``steps`` counter: running sums since the last
   :meth:`GradientCapture.reset_running`, so a mean over every step of an epoch is exact
   without reading every step;
-- ``last_global_norm``, ``sum_global_norm``, ``last_clip_factor`` (1 without clipping).
+
+sums of |g| rather than means: :meth:`GradientCapture.read` divides by the sizes on the
+host, so the step uploads no per-variable constant (on torch/CUDA a host-to-device copy
+would sync the device every step);
+- ``last_global_norm``, ``last_clip_factor`` (1 without clipping).
 
 Everything is backend-agnostic ``keras.ops`` (compiled into the step under JAX and
 TensorFlow) except the per-tensor reductions on torch, which runs eagerly: there one
@@ -50,8 +54,8 @@ from keras import ops
 
 _TINY = 1e-30
 
-_STATS = ("last_norm", "last_mean_abs", "sum_norm", "sum_mean_abs")
-_SCALARS = ("last_global_norm", "sum_global_norm", "last_clip_factor")
+_STATS = ("last_norm", "last_sum_abs", "sum_norm", "sum_sum_abs")
+_SCALARS = ("last_global_norm", "last_clip_factor")
 
 
 def _reduce(grads: list) -> tuple[Any, Any]:
@@ -176,14 +180,12 @@ class GradientCapture(keras.optimizers.Optimizer):
             where = np.array(index, "int32")[:, None]
             sum_abs = ops.scatter(where, sum_abs, (n,))
             norms = ops.scatter(where, norms, (n,))
-        mean_abs = sum_abs / ops.convert_to_tensor(self._sizes)
         global_norm = ops.sqrt(ops.sum(ops.square(norms)))
         self.assign(self.last_norm, norms)
-        self.assign(self.last_mean_abs, mean_abs)
+        self.assign(self.last_sum_abs, sum_abs)
         self.assign_add(self.sum_norm, norms)
-        self.assign_add(self.sum_mean_abs, mean_abs)
+        self.assign_add(self.sum_sum_abs, sum_abs)
         self.assign(self.last_global_norm, global_norm)
-        self.assign_add(self.sum_global_norm, global_norm)
         if self.clipnorm_global is not None:
             self.assign(self.last_clip_factor, ops.minimum(1.0, self.clipnorm_global / global_norm))
         self.assign_add(self.steps, ops.ones((), "int32"))
@@ -195,17 +197,19 @@ class GradientCapture(keras.optimizers.Optimizer):
 
         Returns:
             ``last_norm``, ``last_mean_abs``, ``sum_norm``, ``sum_mean_abs`` (one entry per
-            tracked variable), ``last_global_norm``, ``sum_global_norm``,
+            tracked variable), ``last_global_norm``,
             ``last_clip_factor``, ``steps`` and ``iterations`` (scalars).
         """
         out = {k: np.asarray(ops.convert_to_numpy(getattr(self, k))) for k in _STATS + _SCALARS}
+        out["last_mean_abs"] = out.pop("last_sum_abs") / self._sizes
+        out["sum_mean_abs"] = out.pop("sum_sum_abs") / self._sizes
         out["steps"] = np.asarray(ops.convert_to_numpy(self.steps))
         out["iterations"] = np.asarray(ops.convert_to_numpy(self.iterations))
         return out
 
     def reset_running(self) -> None:
         """Zero the running sums and the step counter (e.g. at the start of an epoch)."""
-        for name in ("sum_norm", "sum_mean_abs", "sum_global_norm"):
+        for name in ("sum_norm", "sum_sum_abs"):
             var = getattr(self, name)
             var.assign(ops.zeros(var.shape, "float32"))
         self.steps.assign(ops.zeros((), "int32"))
@@ -223,12 +227,6 @@ class GradientCapture(keras.optimizers.Optimizer):
     @property
     def iterations(self) -> Any:
         return self.inner_optimizer.iterations
-
-    def scale_loss(self, loss: Any) -> Any:
-        """Scale the loss by the static ``loss_scale_factor`` (if any)."""
-        if self.loss_scale_factor is not None:
-            return loss * self.loss_scale_factor
-        return loss
 
     def finalize_variable_values(self, var_list: list) -> None:
         self.inner_optimizer.finalize_variable_values(var_list)

@@ -36,10 +36,11 @@ class GradientLogger(keras.callbacks.Callback):
     VGG gradient flow, SPEC §3.4) and the mean over all the epoch's steps; every N steps,
     the norm and mean |g| per label, the global norm and the clip factor.
 
-    MLflow (through ``depthlab.tracking``, one ``log_metrics`` call per log, nothing
-    without an active run): every N steps ``grad/global_norm`` (over all the gradients
-    the optimizer received), ``grad/min_layer_norm``, ``grad/max_layer_norm``,
-    ``grad/first_last_ratio`` (norm of the first label over the last, model order) and,
+    MLflow (through ``depthlab.tracking``, nothing without an active run; what an epoch
+    gathers is written in one call at its end, none inside the training loop): every N
+    steps ``grad/global_norm`` (over all the gradients the optimizer received),
+    ``grad/min_layer_norm``, ``grad/max_layer_norm``, ``grad/first_last_ratio`` (norm of
+    the first label over the last, model order) and,
     when the optimizer clips by global norm, ``grad/clip_factor``, at step = the 0-based
     optimizer step; at epoch end ``grad_mean_abs/<label>`` and ``grad_norm/<label>`` of
     the epoch's last batch, at step = epoch, when per-layer metrics are on; at train end
@@ -97,6 +98,7 @@ class GradientLogger(keras.callbacks.Callback):
         }
         self._count = 0  # optimizer steps done before the current epoch
         self._last_row_count = 0
+        self._pending: dict[int, dict[str, float]] = {}  # MLflow rows until the epoch end
 
     @property
     def history(self) -> dict[str, Any]:
@@ -189,7 +191,8 @@ class GradientLogger(keras.callbacks.Callback):
                 key = _KEY_CHARS.sub("_", label)
                 metrics[f"grad_mean_abs/{key}"] = rows["last_mean_abs"][-1][j]
                 metrics[f"grad_norm/{key}"] = rows["last_norm"][-1][j]
-            self._log_metrics(metrics, epoch)
+            self._pending.setdefault(epoch, {}).update(metrics)
+        self._flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.log_to_mlflow and self._labels:
@@ -223,13 +226,13 @@ class GradientLogger(keras.callbacks.Callback):
             metrics["grad/first_last_ratio"] = float(norms[0] / norms[-1])
         if self._capture.clipnorm_global is not None:
             metrics["grad/clip_factor"] = clip
-        self._log_metrics(metrics, step)
+        self._pending.setdefault(step, {}).update(metrics)
 
-    @staticmethod
-    def _log_metrics(metrics: dict[str, float], step: int) -> None:
+    def _flush(self) -> None:
         from depthlab import tracking
 
-        tracking.log_metrics(metrics, step)
+        tracking.log_steps(self._pending)
+        self._pending = {}
 
     def _log_artifacts(self) -> None:
         from depthlab import tracking

@@ -147,13 +147,22 @@ def log_params(params: Mapping[str, str]) -> None:
 
 def log_metrics(metrics: Mapping[str, float], step: int) -> None:
     """Log many metrics for one step in as few calls as MLflow allows (≤ 1000 per call)."""
+    log_steps({step: metrics})
+
+
+def log_steps(rows: Mapping[int, Mapping[str, float]]) -> None:
+    """Log the metrics of several steps ({step: {name: value}}) in as few calls as MLflow
+    allows: what a callback gathers during an epoch goes out in one write at its end."""
     active = mlflow.active_run()
-    if active is None or not metrics:
+    if active is None:
         return
     import time
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+    batch = [Metric(k, float(v), now, int(step))
+             for step, metrics in rows.items() for k, v in metrics.items()]
+    if not batch:
+        return
     client = MlflowClient()
     for start in range(0, len(batch), MAX_METRICS_PER_CALL):
         client.log_batch(active.info.run_id, metrics=batch[start : start + MAX_METRICS_PER_CALL])

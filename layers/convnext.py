@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import layers
 
-from depthlab.layers.initializers import NumpyNormal
+from depthlab.layers.initializers import NumpyNormal, sub_seed
 from depthlab.layers.layerscale import LayerScale
 
 INIT_STD = 0.02  # every Conv/Linear weight ~ N(0, 0.02^2), plain normal (SPEC §1.2)
@@ -34,17 +34,6 @@ def _layer_norm(name: str) -> layers.LayerNormalization:
     """LayerNorm over the channel axis only, eps 1e-5, affine (SPEC §1.2)."""
     return layers.LayerNormalization(axis=-1, epsilon=LN_EPS, name=name)
 
-
-def _seed(seed: int | None, offset: int) -> int | None:
-    return None if seed is None else seed + offset
-
-
-def _activation(name: str):
-    if name == "gelu":  # exact erf form, torch's default (keras.ops.gelu defaults to tanh)
-        return lambda x: ops.gelu(x, approximate=False)
-    if name == "sigmoid":
-        return ops.sigmoid
-    return ops.tanh
 
 
 @keras.saving.register_keras_serializable(package="depthlab")
@@ -100,20 +89,20 @@ class ConvNeXtBlock(keras.layers.Layer):
         self.remat = bool(remat)
         self.seed = seed
         # === Layers ===
-        self._act = _activation(activation)
+        self._act = keras.activations.get(activation)  # gelu: the exact erf form, as torch
         self.dwconv = layers.DepthwiseConv2D(
             3,
             padding="same",  # stride 1: pads 1 on every side, like torch padding=1
-            depthwise_initializer=_normal(_seed(seed, 0)),
+            depthwise_initializer=_normal(sub_seed(seed, 0)),
             bias_initializer="zeros",
             name="dwconv",
         )
         self.norm = _layer_norm("norm") if self.block_norm else None
         self.pwconv1 = layers.Dense(
-            4 * self.dim, kernel_initializer=_normal(_seed(seed, 1)), name="pwconv1"
+            4 * self.dim, kernel_initializer=_normal(sub_seed(seed, 1)), name="pwconv1"
         )
         self.pwconv2 = layers.Dense(
-            self.dim, kernel_initializer=_normal(_seed(seed, 2)), name="pwconv2"
+            self.dim, kernel_initializer=_normal(sub_seed(seed, 2)), name="pwconv2"
         )
         self.layerscale = (
             LayerScale(self.layerscale_init, trainable=self.layerscale_trainable, name="layerscale")
@@ -146,6 +135,8 @@ class ConvNeXtBlock(keras.layers.Layer):
 
     def call(self, inputs):
         if self.remat:
+            # Wrapped per call: a wrapper made once keeps, under JAX, the traced weights of
+            # its first call (measured: a different training step from the plain block).
             return keras.remat(self._forward)(inputs)
         return self._forward(inputs)
 

@@ -16,6 +16,19 @@ import keras
 import numpy as np
 from keras import ops
 
+BN_EPSILON = 1e-5  # torch BatchNorm2d eps (SPEC §0.3)
+BN_MOMENTUM = 0.9  # torch momentum 0.1 (new-statistic weight) in Keras' convention
+
+
+def torch_batch_norm(name: str) -> keras.layers.BatchNormalization:
+    """BatchNorm with torch's defaults: eps 1e-5, momentum 0.1 (Keras 0.9), gamma 1, beta 0."""
+    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+
+
+def sub_seed(seed: int | None, offset: int) -> int | None:
+    """The seed of a layer's ``offset``-th initialiser (None stays None: fresh draws)."""
+    return None if seed is None else seed + offset
+
 
 def torch_fan_in(shape: Sequence[int], depthwise: bool = False) -> int:
     """PyTorch's fan-in of a Keras kernel shape (SPEC §0.3).

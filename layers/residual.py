@@ -12,10 +12,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from depthlab.layers.initializers import TorchDefault
-
-BN_EPSILON = 1e-5  # torch BatchNorm2d eps (SPEC §0.3)
-BN_MOMENTUM = 0.9  # torch momentum 0.1 (new-statistic weight) in Keras' convention
+from depthlab.layers.initializers import TorchDefault, torch_batch_norm
 
 
 @keras.saving.register_keras_serializable(package="depthlab")
@@ -54,16 +51,12 @@ class PreActBlock(keras.layers.Layer):
         self.stride = int(stride)
         self.kernel_initializer = keras.initializers.get(kernel_initializer or TorchDefault())
         # === Layers ===
-        self.bn1 = self._batch_norm("bn1")
+        self.bn1 = torch_batch_norm("bn1")
         self.pad1 = layers.ZeroPadding2D(1, name="pad1") if self.stride > 1 else None
         self.conv1 = self._conv(3, self.stride, "conv1")
-        self.bn2 = self._batch_norm("bn2")
+        self.bn2 = torch_batch_norm("bn2")
         self.conv2 = self._conv(3, 1, "conv2")
         self.shortcut = None
-
-    @staticmethod
-    def _batch_norm(name: str) -> layers.BatchNormalization:
-        return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
     def _conv(self, size: int, stride: int, name: str) -> layers.Conv2D:
         return layers.Conv2D(

@@ -25,16 +25,10 @@ import random as python_random
 import keras
 from keras import ops
 
-from depthlab.layers.initializers import TorchDefault
+from depthlab.layers.initializers import TorchDefault, sub_seed, torch_batch_norm
 
 LEAKY_SLOPE = 0.01  # torch nn.functional.leaky_relu default (SPEC §3.2, §3.6)
-BN_EPSILON = 1e-5  # torch BatchNorm2d eps
-BN_MOMENTUM = 0.9  # torch momentum 0.1 in Keras' convention (SPEC §0.3)
 KERNEL_SIZE = 3
-
-
-def _sub_seed(seed: int | None, offset: int) -> int | None:
-    return None if seed is None else seed + offset
 
 
 def _conv(filters: int, use_bias: bool, seed: int | None, name: str) -> keras.layers.Conv2D:
@@ -45,7 +39,7 @@ def _conv(filters: int, use_bias: bool, seed: int | None, name: str) -> keras.la
         strides=1,
         padding="same",
         use_bias=use_bias,
-        kernel_initializer=TorchDefault(seed=_sub_seed(seed, 0)),
+        kernel_initializer=TorchDefault(seed=sub_seed(seed, 0)),
         name=name,
     )
 
@@ -54,14 +48,9 @@ def _build_conv(conv: keras.layers.Conv2D, input_shape, seed: int | None) -> tup
     """Build ``conv``, its bias drawn from U(±1/sqrt(9 * in_channels)); return the output shape."""
     if conv.use_bias:
         fan_in = KERNEL_SIZE * KERNEL_SIZE * int(input_shape[-1])
-        conv.bias_initializer = TorchDefault(fan_in=fan_in, seed=_sub_seed(seed, 1))
+        conv.bias_initializer = TorchDefault(fan_in=fan_in, seed=sub_seed(seed, 1))
     conv.build(input_shape)
     return conv.compute_output_shape(input_shape)
-
-
-def _bn(name: str) -> keras.layers.BatchNormalization:
-    """BatchNorm with torch's defaults: eps 1e-5, momentum 0.1 (Keras 0.9), gamma 1, beta 0."""
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
 def _lrelu(x):
@@ -85,10 +74,10 @@ class _VGGBlock(keras.layers.Layer):
         self.norm = bool(norm)
         self.seed = seed
         # Assignment order = weight order = the course's named_parameters() order.
-        self.conv_0 = _conv(self.filters, self.conv_bias, _sub_seed(seed, 0), "conv_0")
-        self.bn_0 = _bn("bn_0") if self.norm else None
-        self.conv_1 = _conv(self.filters, self.conv_bias, _sub_seed(seed, 2), "conv_1")
-        self.bn_1 = _bn("bn_1") if self.norm else None
+        self.conv_0 = _conv(self.filters, self.conv_bias, sub_seed(seed, 0), "conv_0")
+        self.bn_0 = torch_batch_norm("bn_0") if self.norm else None
+        self.conv_1 = _conv(self.filters, self.conv_bias, sub_seed(seed, 2), "conv_1")
+        self.bn_1 = torch_batch_norm("bn_1") if self.norm else None
 
     def _norm(self, bn, x, training):
         return x if bn is None else bn(x, training=training)
@@ -118,11 +107,11 @@ class VGGEntryBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.filters = _check_filters(filters)
         self.seed = seed
-        self.conv_0 = _conv(self.filters, False, _sub_seed(seed, 0), "conv_0")
-        self.bn_0 = _bn("bn_0")
+        self.conv_0 = _conv(self.filters, False, sub_seed(seed, 0), "conv_0")
+        self.bn_0 = torch_batch_norm("bn_0")
 
     def build(self, input_shape):
-        shape = _build_conv(self.conv_0, input_shape, self.seed)
+        shape = _build_conv(self.conv_0, input_shape, None)  # no bias: nothing to draw
         self.bn_0.build(shape)
 
     def call(self, inputs, training=None):
@@ -195,11 +184,11 @@ class VGGReductionBlock(_VGGBlock):
     conv_bias = True
 
     def build(self, input_shape):
-        shape = _build_conv(self.conv_0, input_shape, _sub_seed(self.seed, 0))
+        shape = _build_conv(self.conv_0, input_shape, sub_seed(self.seed, 0))
         if self.bn_0 is not None:
             self.bn_0.build(shape)
         shape = (shape[0], _half(shape[1]), _half(shape[2]), shape[3])
-        shape = _build_conv(self.conv_1, shape, _sub_seed(self.seed, 2))
+        shape = _build_conv(self.conv_1, shape, sub_seed(self.seed, 2))
         if self.bn_1 is not None:
             self.bn_1.build(shape)
 
@@ -281,8 +270,8 @@ def build_vgg(
     head_seed = next_seed()
     logits = keras.layers.Dense(
         num_classes,
-        kernel_initializer=TorchDefault(seed=_sub_seed(head_seed, 0)),
-        bias_initializer=TorchDefault(fan_in=num_filters, seed=_sub_seed(head_seed, 1)),
+        kernel_initializer=TorchDefault(seed=sub_seed(head_seed, 0)),
+        bias_initializer=TorchDefault(fan_in=num_filters, seed=sub_seed(head_seed, 1)),
         name="logit_linear_layer",
     )(x)
     name = f"vgg{vgg_depth(num_blocks, num_stages):02d}" + ("_bn" if norm else "")

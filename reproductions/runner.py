@@ -125,7 +125,6 @@ class Context:
         callbacks: Sequence[Any] = (),
         best_monitor: str | None = None,
         steps_per_epoch: int | None = None,
-        nan_check_every: int = 100,
         backup_every_s: float = 60.0,
     ) -> dict[str, list[float]]:
         """Train with ``model.fit``, resumable per epoch, and return the per-epoch metrics.
@@ -147,8 +146,7 @@ class Context:
         from depthlab.callbacks.epoch_logger import EpochLogger
 
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        logger = EpochLogger(epochs=epochs, nan_check_every=nan_check_every,
-                             label=self.job.label, echo=self.echo)
+        logger = EpochLogger(epochs=epochs, label=self.job.label, echo=self.echo)
         extra: list[Any] = [
             ThrottledBackup(str(self.checkpoint_dir / "backup"), every_s=backup_every_s),
             logger,

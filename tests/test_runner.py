@@ -64,7 +64,7 @@ def execute(job: runner.Job, ctx: runner.Context) -> dict[str, float]:
     train = data.ImageBatches(x, y, batch_size=64, shuffle=True, seed=config.seed)
     callbacks = [CrashAt(CRASH_AT["epoch"])]
     history = ctx.fit(model, train, epochs=config.epochs, callbacks=callbacks,
-                      nan_check_every=1, backup_every_s=config.backup_every_s)
+                      backup_every_s=config.backup_every_s)
     ctx.log_text("hello", "notes/hello.txt")
     return {"final_loss": history["loss"][-1], "epochs_logged": len(history["loss"])}
 
