@@ -11,8 +11,10 @@ from depthlab.callbacks.activation_stats import (
     activation_statistics,
     probe_model,
 )
-from depthlab.callbacks.backup import ThrottledBackup
+from depthlab.callbacks.backup import Backup
+from depthlab.callbacks.best_weights import BestWeights
 from depthlab.callbacks.conditioning import kappa_2, kappa_inf, kernel_conditioning
+from depthlab.callbacks.divergence import DivergenceGuard
 from depthlab.callbacks.epoch_logger import EpochLogger
 from depthlab.callbacks.gradient_capture import GradientCapture, with_gradient_capture
 from depthlab.callbacks.gradient_logger import GradientLogger

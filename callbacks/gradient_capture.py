@@ -32,7 +32,10 @@ model variable so that deep nets do not carry thousands of extra state arrays:
 sums of |g| rather than means: :meth:`GradientCapture.read` divides by the sizes on the
 host, so the step uploads no per-variable constant (on torch/CUDA a host-to-device copy
 would sync the device every step);
-- ``last_global_norm``, ``last_clip_factor`` (1 without clipping).
+- ``last_global_norm``, ``last_clip_factor`` (1 without clipping);
+- ``nonfinite_steps``: how many steps had a NaN/Inf gradient (never reset), so that
+  divergence is seen whatever a kernel later does with the NaN (a callback reads it once
+  per epoch: :class:`depthlab.callbacks.divergence.DivergenceGuard`).
 
 Everything is backend-agnostic ``keras.ops`` (compiled into the step under JAX and
 TensorFlow) except the per-tensor reductions on torch, which runs eagerly: there one
@@ -125,6 +128,7 @@ class GradientCapture(keras.optimizers.Optimizer):
             init = "ones" if name == "last_clip_factor" else "zeros"
             setattr(self, name, self.add_variable((), init, "float32", name=name))
         self.steps = self.add_variable((), "zeros", "int32", name="steps")
+        self.nonfinite_steps = self.add_variable((), "zeros", "int32", name="nonfinite_steps")
         self._sizes = np.array([max(int(np.prod(v.shape)), 1) for v in var_list], "float32")
         if not self.inner_optimizer.built:
             self.inner_optimizer.build(var_list)
@@ -189,6 +193,8 @@ class GradientCapture(keras.optimizers.Optimizer):
         if self.clipnorm_global is not None:
             self.assign(self.last_clip_factor, ops.minimum(1.0, self.clipnorm_global / global_norm))
         self.assign_add(self.steps, ops.ones((), "int32"))
+        finite = ops.isfinite(global_norm)  # NaN/Inf in any gradient reaches its norm
+        self.assign_add(self.nonfinite_steps, ops.cast(ops.logical_not(finite), "int32"))
 
     # === Reading (host side, from a callback) ===
 

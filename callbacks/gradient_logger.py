@@ -10,7 +10,9 @@ after every step (a device sync per step). The state after step k is the state b
 step k + 1, so reading at the start of the next batch costs nothing extra; the last step
 of an epoch is read in ``on_epoch_end``. Under JAX the state lives outside the model
 variables mid-epoch (keras#19054): the ``model`` property of a callback syncs it, so the
-callback touches ``self.model`` only when it reads.
+callback touches ``self.model`` only when it reads. Its history travels in the runner's
+training backup (``backup_state``/``restore_state``), so a resumed run's gradient CSVs and
+heatmap cover the whole run, as an uninterrupted run's do.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -197,6 +200,31 @@ class GradientLogger(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.log_to_mlflow and self._labels:
             self._log_artifacts()
+
+    # === Backup part ===
+
+    def backup_state(self, folder: Path) -> dict:
+        h = self.history
+        arrays = {k: v for k, v in h.items() if k != "labels"}
+        np.savez(folder / "gradient_history.npz", **arrays)
+        return {"labels": h["labels"], "count": self._count,
+                "last_row_count": self._last_row_count}
+
+    def restore_state(self, folder: Path, state: Mapping) -> None:
+        # Keras' automatic layer names differ between builds in one process: compare sizes.
+        if len(state.get("labels", [])) != len(self._labels):
+            raise ValueError("the backed-up gradient history is of another model")
+        with np.load(folder / "gradient_history.npz") as saved:
+            h = {k: saved[k] for k in saved.files}
+        self._epochs = h["epochs"].tolist()
+        self._epoch_steps = h["epoch_steps"].tolist()
+        for key in self._epoch_rows:
+            self._epoch_rows[key] = list(h[key])
+        self._steps = h["steps"].tolist()
+        self._step_rows = {"norm": list(h["step_norms"]), "mean_abs": list(h["step_mean_abs"]),
+                           "global_norm": h["global_norm"].tolist(),
+                           "clip_factor": h["clip_factor"].tolist()}
+        self._count, self._last_row_count = int(state["count"]), int(state["last_row_count"])
 
     # === Reading and logging ===
 

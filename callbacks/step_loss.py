@@ -4,12 +4,15 @@ Keras' ``logs["loss"]`` at batch end is the running mean of the epoch so far, so
 of batch k (equal batch sizes) is ``(k + 1) * m_k - k * m_(k-1)``. Only the final
 ``window + 1`` steps of the last epoch are read, and the callback is ``async_safe``: Keras
 then runs batch-end hooks off the training thread (possibly out of order, hence the
-recording by batch index) instead of syncing the device every step.
+recording by batch index) instead of syncing the device every step. Its state travels
+in the training backup, so a resumed run counts every step of the job.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
 
 import keras
 
@@ -60,3 +63,12 @@ class StepLoss(keras.callbacks.Callback):
         """Mean loss of the last ``count`` recorded steps (NaN when none was recorded)."""
         values = self.losses[-(count or self.window):]
         return sum(values) / len(values) if values else math.nan
+
+    # === Backup part ===
+
+    def backup_state(self, folder: Path) -> dict:
+        return {"steps": self.steps, "means": {str(k): v for k, v in self._means.items()}}
+
+    def restore_state(self, folder: Path, state: Mapping) -> None:
+        self.steps = int(state.get("steps", 0))
+        self._means = {int(k): float(v) for k, v in state.get("means", {}).items()}

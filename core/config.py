@@ -2,14 +2,18 @@
 
 Values are parsed against the field's declared type (int, float, bool, str, tuples,
 ``X | None``), so ``--set lr=1e-2`` gives a float and ``--set depths=(2,2,2,2)`` a tuple.
-Unknown fields and unparsable values raise :class:`ConfigError`, which the CLI turns into
-a one-line error with exit code 2.
+Unknown fields, unparsable values and values outside a field's range raise
+:class:`ConfigError`, which the CLI turns into a one-line error with exit code 2. A study's
+config checks its ranges in ``__post_init__`` with :func:`check`, so every config that
+exists (a profile, a row, an override) is valid; checks that need the data (image counts)
+belong in the study's ``prepare``.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -104,3 +108,19 @@ def apply_overrides(config: C, overrides: Mapping[str, str]) -> C:
             )
         changes[key] = _parse(text, hints[key], key)
     return dataclasses.replace(config, **changes)
+
+
+def check(config: Any, *, positive: Iterable[str] = (), non_negative: Iterable[str] = ()) -> None:
+    """Raise :class:`ConfigError` for the first field outside its range.
+
+    Args:
+        config: the config dataclass instance.
+        positive: fields that must be finite and > 0 (epochs, batch size, learning rates).
+        non_negative: fields that must be finite and >= 0 (0 meaning "all" or "off").
+    """
+    for names, test, words in ((positive, lambda v: v > 0, "a finite number > 0"),
+                               (non_negative, lambda v: v >= 0, "a finite number >= 0")):
+        for name in names:
+            value = getattr(config, name)
+            if not (math.isfinite(value) and test(value)):
+                raise ConfigError(f"{name}={value!r}: must be {words}")

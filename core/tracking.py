@@ -8,6 +8,18 @@ Store: ``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/artifacts`` 
 and an experiment created without an explicit artifact location would scatter artifacts
 into the current directory, so experiments are always created with one.
 
+Reliability (what a kill, a second command or a bad store must not break):
+
+* :func:`check_store` proves the store usable in well under a second, before any
+  training (a read-only folder or a garbage ``mlflow.db`` used to fail after minutes);
+* the store's creation (MLflow's schema migrations) runs under a lock, so two first
+  commands on a new store do not race;
+* :func:`lock` gives the cross-process locks of jobs and tables; every run records the
+  name of the lock its process holds (``depthlab.lock``), and :func:`sweep_dead_runs`
+  marks a RUNNING run whose lock is free as KILLED: its process is gone;
+* :func:`buffered` holds metrics back until :func:`flush`; the runner flushes when a
+  backup is committed, so the store never holds epochs a resume would train again.
+
 Functions that log act on the active run and do nothing when there is none, so layers
 and callbacks can be used without MLflow.
 """
@@ -18,6 +30,8 @@ import contextlib
 import hashlib
 import json
 import os
+import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,12 +40,19 @@ import mlflow
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
+from depthlab import files
+
 MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
 MAX_PARAM_LENGTH = 6000  # MLflow 3.x param value limit
 
 # Tags every run carries (SPEC §0.2); values come from depthlab.backend.describe etc.
 TAG_CONFIG_HASH = "depthlab.config_hash"
-TAG_STATUS = "depthlab.status"  # "finished" | "diverged" | "failed" | "running"
+TAG_STATUS = "depthlab.status"  # finished | diverged | failed | killed | running
+TAG_LOCK = "depthlab.lock"  # the lock its process holds while the run is live
+
+
+class StoreError(RuntimeError):
+    """The tracking store cannot be used (one line, for the CLI)."""
 
 
 def store_root(root: str | os.PathLike | None = None) -> Path:
@@ -40,13 +61,54 @@ def store_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root).resolve()
 
 
+def check_store(root: str | os.PathLike | None = None) -> Path:
+    """Fail fast, before any training, when the store cannot be used.
+
+    Checks that the folder can be created and written (a probe file), and that an existing
+    ``mlflow.db`` is an SQLite database with MLflow's tables; touches nothing else.
+
+    Raises:
+        StoreError: with a one-line reason.
+    """
+    folder = store_root(root)
+    try:
+        files.check_writable(folder, "MLflow store (DEPTHLAB_MLRUNS)")
+    except OSError as error:
+        raise StoreError(str(error)) from None
+    db = folder / "mlflow.db"
+    if db.exists() and db.stat().st_size:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+                con.execute("select version_num from alembic_version").fetchall()
+        except sqlite3.Error as error:
+            raise StoreError(f"{db} is not an MLflow store ({error}); move it away or set "
+                             "DEPTHLAB_MLRUNS to another folder") from None
+    return folder
+
+
+_CONFIGURED: set[str] = set()
+
+
 def configure(root: str | os.PathLike | None = None) -> str:
-    """Point MLflow at the depthlab store (created if missing) and return its URI."""
+    """Point MLflow at the depthlab store (created if missing) and return its URI.
+
+    The first use in a process opens the store under the store lock, so that MLflow's
+    schema migrations of a new store never run in two processes at once.
+    """
     folder = store_root(root)
     folder.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    if uri not in _CONFIGURED:
+        with files.FileLock(folder / "locks" / "store.lock"):
+            MlflowClient().search_experiments(max_results=1)
+        _CONFIGURED.add(uri)
     return uri
+
+
+def lock(name: str) -> files.FileLock:
+    """The store's cross-process lock ``name`` (a job's or a table's; not yet taken)."""
+    return files.FileLock(store_root() / "locks" / f"{name}.lock")
 
 
 def experiment(name: str, root: str | os.PathLike | None = None) -> str:
@@ -57,7 +119,13 @@ def experiment(name: str, root: str | os.PathLike | None = None) -> str:
     if found is not None:
         return found.experiment_id
     location = (store_root(root) / "artifacts" / name).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another command
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, str]:
@@ -82,12 +150,44 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def find_runs(experiment_id: str, tags: Mapping[str, str]) -> list[mlflow.entities.Run]:
-    """Runs of an experiment whose tags equal ``tags``, newest first."""
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+def find_runs(experiment_id: str, tags: Mapping[str, str],
+              status: str | None = None) -> list[mlflow.entities.Run]:
+    """Runs of an experiment whose tags equal ``tags`` (and MLflow status), newest first."""
+    query = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    if status is not None:
+        query.append(f"attributes.status = '{status}'")
     return MlflowClient().search_runs(
-        [experiment_id], filter_string=query, order_by=["attributes.start_time DESC"]
+        [experiment_id], filter_string=" and ".join(query),
+        order_by=["attributes.start_time DESC"], max_results=50_000,
     )
+
+
+def sweep_dead_runs(experiment_id: str) -> list[str]:
+    """End the RUNNING runs whose process is gone (their lock is free); return their ids.
+
+    A run whose process recorded it finished before dying ends FINISHED, any other KILLED
+    (tag ``depthlab.status=killed``); a job's next attempt resumes it.
+    """
+    client, ended = MlflowClient(), []
+    for found in find_runs(experiment_id, {}, status="RUNNING"):
+        name = found.data.tags.get(TAG_LOCK)
+        probe = lock(name) if name else None
+        if probe is None or not probe.acquire(blocking=False):
+            continue  # alive, or not a depthlab run
+        try:
+            recorded = found.data.tags.get(TAG_STATUS)
+            if recorded in ("finished", "diverged"):  # died between its result and its end
+                status = "FINISHED" if recorded == "finished" else "FAILED"
+            else:
+                status = "KILLED"
+                client.set_tag(found.info.run_id, TAG_STATUS, "killed")
+                client.set_tag(found.info.run_id, "depthlab.status_message",
+                               "its process died (killed, or the machine stopped)")
+            client.set_terminated(found.info.run_id, status)
+            ended.append(found.info.run_id)
+        finally:
+            probe.release()
+    return ended
 
 
 @contextlib.contextmanager
@@ -103,8 +203,8 @@ def run(
     """Start (or resume, with ``run_id``) a run; a run left by an exception ends FAILED.
 
     The body records its outcome with :func:`set_status`; a "diverged" or "failed" status
-    ends the run FAILED, anything else FINISHED. An exception (KeyboardInterrupt too)
-    marks the run FAILED and is re-raised, so nothing is lost silently.
+    ends the run FAILED, anything else FINISHED. An exception marks the run FAILED, an
+    interruption (Ctrl-C, SIGTERM) KILLED, and is re-raised, so nothing is lost silently.
     """
     active = mlflow.start_run(
         run_id=run_id, experiment_id=experiment_id, run_name=name, nested=nested, tags=tags
@@ -114,12 +214,19 @@ def run(
             log_params(params)
         yield active
     except BaseException as error:
-        import traceback
+        interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+        with contextlib.suppress(Exception):  # the store itself may be what failed
+            import traceback
 
-        mlflow.log_text(traceback.format_exc(), "error.txt")
-        mlflow.set_tag(TAG_STATUS, "failed")
-        mlflow.set_tag("depthlab.error", f"{type(error).__name__}: {error}"[:5000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            if not interrupted:
+                mlflow.log_text(traceback.format_exc(), "error.txt")
+            mlflow.set_tag(TAG_STATUS, "killed" if interrupted else "failed")
+            mlflow.set_tag("depthlab.error", f"{type(error).__name__}: {error}"[:5000])
+        status = RunStatus.KILLED if interrupted else RunStatus.FAILED
+        try:
+            mlflow.end_run(RunStatus.to_string(status))
+        except Exception:  # noqa: BLE001 - leave it RUNNING; the next start sweeps it
+            mlflow.tracking.fluent._active_run_stack.get().pop()
         raise
     else:
         status = mlflow.get_run(active.info.run_id).data.tags.get(TAG_STATUS)
@@ -136,6 +243,12 @@ def set_status(status: str, message: str | None = None) -> None:
         mlflow.set_tag("depthlab.status_message", message)
 
 
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Set tags on the active run in one call."""
+    if mlflow.active_run() is not None:
+        mlflow.set_tags(dict(tags))
+
+
 def log_params(params: Mapping[str, str]) -> None:
     """Log params in batches (MLflow caps one call at 100 params)."""
     if mlflow.active_run() is None:
@@ -150,22 +263,90 @@ def log_metrics(metrics: Mapping[str, float], step: int) -> None:
     log_steps({step: metrics})
 
 
+class MetricBuffer:
+    """Metrics held back until a flush (see :func:`buffered`).
+
+    It is also a part of the training backup (:class:`depthlab.callbacks.backup.Backup`):
+    the rows pending when a backup is committed travel in it, and a resume writes those
+    the store lacks, so the store ends up with each epoch exactly once.
+    """
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.rows: dict[int, dict[str, float]] = {}
+
+    def add(self, rows: Mapping[int, Mapping[str, float]]) -> None:
+        for step, metrics in rows.items():
+            self.rows.setdefault(int(step), {}).update(metrics)
+
+    def flush(self) -> None:
+        _write(self.run_id, self.rows)
+        self.rows = {}
+
+    def backup_state(self, folder: Path) -> dict:
+        return {"rows": {str(k): v for k, v in self.rows.items()}}
+
+    def restore_state(self, folder: Path, state: Mapping) -> None:
+        rows = {int(k): v for k, v in state.get("rows", {}).items()}
+        self.rows = {}
+        if not rows:
+            return
+        step = max(rows)
+        key = next(iter(rows[step]))
+        logged = {m.step for m in MlflowClient().get_metric_history(self.run_id, key)}
+        if step not in logged:  # the process died between the commit and the flush
+            _write(self.run_id, rows)
+
+
+_BUFFER: MetricBuffer | None = None
+
+
+@contextlib.contextmanager
+def buffered() -> Iterator[MetricBuffer | None]:
+    """Hold the active run's metrics in a :class:`MetricBuffer` until :func:`flush`.
+
+    Written on a normal exit, dropped on an exception: what was not yet flushed belongs to
+    epochs an interrupted run trains again.
+    """
+    global _BUFFER
+    active = mlflow.active_run()
+    if active is None or _BUFFER is not None:
+        yield _BUFFER
+        return
+    _BUFFER = MetricBuffer(active.info.run_id)
+    try:
+        yield _BUFFER
+        _BUFFER.flush()
+    finally:
+        _BUFFER = None
+
+
+def flush() -> None:
+    """Write the metrics :func:`buffered` holds (nothing when none are held)."""
+    if _BUFFER is not None:
+        _BUFFER.flush()
+
+
 def log_steps(rows: Mapping[int, Mapping[str, float]]) -> None:
     """Log the metrics of several steps ({step: {name: value}}) in as few calls as MLflow
-    allows: what a callback gathers during an epoch goes out in one write at its end."""
+    allows: what a callback gathers during an epoch goes out in one write at its end (or
+    into the buffer while :func:`buffered` holds them)."""
     active = mlflow.active_run()
     if active is None:
         return
-    import time
+    if _BUFFER is not None and _BUFFER.run_id == active.info.run_id:
+        _BUFFER.add(rows)
+        return
+    _write(active.info.run_id, rows)
 
+
+def _write(run_id: str, rows: Mapping[int, Mapping[str, float]]) -> None:
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, int(step))
              for step, metrics in rows.items() for k, v in metrics.items()]
-    if not batch:
-        return
     client = MlflowClient()
     for start in range(0, len(batch), MAX_METRICS_PER_CALL):
-        client.log_batch(active.info.run_id, metrics=batch[start : start + MAX_METRICS_PER_CALL])
+        client.log_batch(run_id, metrics=batch[start : start + MAX_METRICS_PER_CALL])
 
 
 def log_figure(figure: Any, artifact_file: str) -> None:

@@ -4,15 +4,24 @@ A study is data (:class:`Study`): a config dataclass per profile, tables that ex
 jobs, an ``execute`` function for one job, and a ``report`` that sets measured numbers
 beside the paper's. The runner owns everything around a job, once for all studies:
 
-* one MLflow parent run per table invocation, one nested run per job, with the flattened
-  config as params and backend/versions/device/commit/profile/dataset as tags;
-* resume: a job whose config hash already has a finished (or diverged) run is skipped and
-  its results are read back from MLflow; an interrupted job resumes its MLflow run and,
-  through :meth:`Context.fit`, its last epoch checkpoint;
-* failure: a NaN/Inf loss ends the job as FAILED "diverged at epoch e" and the sweep goes
-  on; any other exception marks the run FAILED and the sweep goes on (exit code 1 at the
-  end); Ctrl-C marks it FAILED and stops;
-* the final "paper | ours | delta" table, printed and stored in MLflow and ``docs/results/``.
+* one MLflow parent run per table (study, table, profile, backend, config, code), which
+  later invocations of the same table join, and one nested run per job, with the
+  flattened config as params and backend/versions/device/commit/profile/dataset as tags;
+* the user's ``--set`` overrides win over the values a table's rows set, except for the
+  fields that define the rows (``Study.fixed``), which are refused; an overridden row is
+  labelled "(--set)";
+* reuse: a job whose identity (study, row, backend, config, code commit, data digest)
+  already has a finished (or diverged) run is skipped and its results are read back; an
+  interrupted job resumes its MLflow run and, through :meth:`Context.fit`, its last backup;
+  ``rerun=True`` recomputes;
+* one process per job: a job runs under a store lock; a second command waits for it and
+  then reuses its result; runs whose process died are marked KILLED on the next start;
+* failure: divergence (:class:`~depthlab.callbacks.divergence.DivergenceGuard`) ends the
+  job as FAILED "diverged at epoch e" and the sweep goes on; any other exception marks the
+  run FAILED and the sweep goes on (exit code 1 at the end); Ctrl-C / SIGTERM mark it
+  KILLED and stop; a full disk stops the table with one line;
+* the final "paper | ours | delta" table, with each row's run, commit and data digest,
+  printed and stored in MLflow and ``docs/results/``.
 
 Studies that never call ``fit`` (init-time simulations, diagnostics) use the same
 ``Context`` for metrics and artifacts and simply return their results.
@@ -23,24 +32,28 @@ This module imports no backend at import time: the CLI selects the backend first
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from depthlab import report, tracking
+from depthlab import files, report, tracking
+from depthlab.config import ConfigError
 
 RESULT_PREFIX = "result."
+TAG_TABLE = "depthlab.table_id"
 
 
 class Diverged(RuntimeError):
-    """A job's loss became NaN or infinite."""
+    """A job's training diverged (non-finite or absurd loss, metrics, gradients, weights)."""
 
-    def __init__(self, epoch: int):
-        super().__init__(f"diverged at epoch {epoch}")
+    def __init__(self, epoch: int, reason: str = ""):
+        super().__init__(f"diverged at epoch {epoch}" + (f": {reason}" if reason else ""))
         self.epoch = epoch
 
 
@@ -63,6 +76,8 @@ class Outcome:
     run_id: str | None
     wall_time_s: float | None = None
     message: str = ""
+    commit: str = ""
+    data: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +93,14 @@ class Study:
         rows: table id -> all row keys, for ``--rows`` validation and ``--list``.
         tags: config -> extra run tags (dataset, lossy copy, ...).
         prepare: called with each job's config before any run starts; raises (e.g.
-            ``DataNotFoundError``) to stop a table that cannot run, before MLflow sees it.
+            ``DataNotFoundError``, ``ConfigError`` for image counts beyond the data) to stop
+            a table that cannot run, before MLflow sees it.
+        label: (row key, config) -> row label, to relabel a row the user's overrides changed.
+        fixed: table id -> config fields its rows define; ``--set`` of one is refused.
+        datasets: config -> names of the data files a job reads (their digest is part of
+            the job's identity).
+        splits: config -> {"train"/"val"/"test": (source, indices into source)}; the runner
+            refuses a job whose parts share an image (checked before any run).
     """
 
     name: str
@@ -89,6 +111,10 @@ class Study:
     rows: Mapping[str, Sequence[str]]
     tags: Callable[[Any], Mapping[str, str]] = lambda config: {}
     prepare: Callable[[Any], None] = lambda config: None
+    label: Callable[[str, Any], str] | None = None
+    fixed: Mapping[str, Collection[str]] = dataclasses.field(default_factory=dict)
+    datasets: Callable[[Any], Sequence[str]] = lambda config: ()
+    splits: Callable[[Any], Mapping[str, tuple[str, Any]]] | None = None
 
 
 class Context:
@@ -101,6 +127,8 @@ class Context:
         self.run_id = run_id
         self.checkpoint_dir = checkpoint_dir
         self.echo = echo
+        self.best: Any = None  # the BestWeights of the last fit with best_monitor
+        self.weights_checked = False  # a fit ended with every weight checked finite
 
     log_metrics = staticmethod(tracking.log_metrics)
     log_figure = staticmethod(tracking.log_figure)
@@ -124,60 +152,70 @@ class Context:
         validation: Any = None,
         callbacks: Sequence[Any] = (),
         best_monitor: str | None = None,
+        best_mode: str = "max",
         steps_per_epoch: int | None = None,
         backup_every_s: float = 60.0,
+        max_loss: float | None = None,
     ) -> dict[str, list[float]]:
         """Train with ``model.fit``, resumable per epoch, and return the per-epoch metrics.
 
-        Adds the runner's callbacks to the study's: a backup in this job's checkpoint
-        folder (:class:`~depthlab.callbacks.backup.ThrottledBackup`, at an epoch end once
-        ``backup_every_s`` have passed since the last one; an interrupted job resumes from
-        it), one progress line and one MLflow ``log_metrics`` call per epoch, NaN/Inf detection
-        (raises :class:`Diverged`), and, with ``best_monitor``, a best-so-far weights file
-        for :meth:`load_best` (strictly greater than every earlier epoch, starting at 0).
+        Adds the runner's callbacks to the study's:
+
+        * one progress line and one MLflow ``log_metrics`` call per epoch
+          (:class:`~depthlab.callbacks.epoch_logger.EpochLogger`);
+        * divergence detection (:class:`~depthlab.callbacks.divergence.DivergenceGuard`:
+          loss, metrics, gradients, weights; loss bound ``max_loss``), which raises
+          :class:`Diverged` after ``fit``;
+        * with ``best_monitor``, the best epoch's weights (``best_mode`` "max" or "min")
+          for :meth:`load_best`;
+        * a backup of the whole state (:class:`~depthlab.callbacks.backup.Backup`: weights,
+          optimizer, the callbacks' histories, the best weights, the metrics not yet in
+          MLflow), atomic, at an epoch end once ``backup_every_s`` have passed and after
+          the last epoch; an interrupted job resumes from it. Metrics reach MLflow when a
+          backup is committed (and at the end), so the store never holds an epoch twice.
 
         Returns:
             metric name -> per-epoch values of the whole run (resumed epochs included),
             read back from MLflow.
         """
-        import keras
-
-        from depthlab.callbacks.backup import ThrottledBackup
+        from depthlab.callbacks.backup import Backup
+        from depthlab.callbacks.best_weights import BestWeights
+        from depthlab.callbacks.divergence import MAX_LOSS, DivergenceGuard
         from depthlab.callbacks.epoch_logger import EpochLogger
 
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         logger = EpochLogger(epochs=epochs, label=self.job.label, echo=self.echo)
-        extra: list[Any] = [
-            ThrottledBackup(str(self.checkpoint_dir / "backup"), every_s=backup_every_s),
-            logger,
-        ]
+        guard = DivergenceGuard(MAX_LOSS if max_loss is None else max_loss)
+        ours: list[Any] = [logger, guard]
+        self.best = None
         if best_monitor is not None:
-            earlier = self.metric_history(best_monitor)
-            best = keras.callbacks.ModelCheckpoint(
-                str(self.best_path),
-                monitor=best_monitor,
-                mode="max",
-                save_best_only=True,
-                save_weights_only=True,
-                initial_value_threshold=max([0.0, *earlier]),
+            self.best = BestWeights(self.best_path, best_monitor, best_mode, echo=self.echo)
+            ours.insert(0, self.best)
+        own = [*callbacks, *ours]
+        with tracking.buffered() as held:
+            parts = {f"{i}_{type(c).__name__}": c for i, c in enumerate(own)
+                     if hasattr(c, "backup_state")}
+            if held is not None:
+                parts["mlflow_metrics"] = held
+            backup = Backup(self.checkpoint_dir / "backup", backup_every_s, parts,
+                            skip=lambda: guard.diverged, on_commit=tracking.flush,
+                            echo=self.echo)
+            if hasattr(train, "epoch_callback"):  # batches follow fit's epoch, resumes too
+                own.insert(0, train.epoch_callback())
+            model.fit(
+                train,
+                validation_data=validation,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=[*own, backup],  # the backup last: it saves what the others wrote
+                shuffle=False,  # the data orders itself from (seed, epoch): exact resume
+                verbose=0,
             )
-            # Keras syncs the device every step unless every batch-end hook is async-safe;
-            # with save_freq="epoch" this one only checks a counter there.
-            best.async_safe = True
-            extra.append(best)
-        if hasattr(train, "epoch_callback"):  # batches follow fit's epoch, resumes too
-            extra.insert(0, train.epoch_callback())
-        model.fit(
-            train,
-            validation_data=validation,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=[*callbacks, *extra],
-            shuffle=False,  # the data orders itself from (seed, epoch): exact resume
-            verbose=0,
-        )
-        if logger.diverged_at is not None:
-            raise Diverged(logger.diverged_at)
+            if backup.restored_epoch:
+                self.echo(f"[{self.job.label}] resumed after epoch {backup.restored_epoch}")
+        if guard.diverged:
+            raise Diverged(guard.diverged_at, guard.reason)
+        self.weights_checked = True
         keys = ["loss", *logger.metric_names]
         return {k: self.metric_history(k) for k in dict.fromkeys(keys)}
 
@@ -186,24 +224,93 @@ class Context:
         return self.checkpoint_dir / "best.weights.h5"
 
     def load_best(self, model: Any) -> bool:
-        """Load the best-epoch weights saved by :meth:`fit`; False if none was saved."""
-        if not self.best_path.exists():
-            return False
-        model.load_weights(str(self.best_path))
-        return True
+        """Load the best-epoch weights saved by :meth:`fit`; False if none is usable."""
+        return self.best is not None and self.best.load(model)
 
 
 def git_commit() -> str:
-    """The repository's commit (with "+dirty" when the tree has changes), or "unknown"."""
+    """The code's identity: the commit, "+dirty.<digest of the diff>" when tracked files
+    changed (so two different edits never look alike), or the package version outside git."""
+    here = Path(__file__).resolve().parent
     try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True, timeout=5).stdout
-        return (commit + ("+dirty" if dirty.strip() else "")) or "unknown"
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout
+
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        diff = git("diff", "HEAD", "--binary")
+        if diff:
+            commit += "+dirty." + hashlib.sha256(diff.encode()).hexdigest()[:8]
+        return commit
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"depthlab-{version('depthlab')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(file: str, mtime_ns: int, size: int) -> str:
+    from depthlab import data
+
+    return data.file_sha256(file)
+
+
+def data_digest(names: Sequence[str]) -> str:
+    """A short digest of the data files ``names`` resolve to ("" for none)."""
+    from depthlab import data
+
+    if not names:
+        return ""
+    parts = []
+    for name in sorted(set(names)):
+        file = data.path(name)
+        stat = file.stat()
+        parts.append(f"{name}:{_file_digest(str(file), stat.st_mtime_ns, stat.st_size)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def expand(study: Study, table: str, config: Any, rows: Sequence[str] | None = None,
+           overrides: Mapping[str, Any] | None = None) -> list[Job]:
+    """The jobs of a table, with the user's overrides applied over the rows' own values.
+
+    Raises:
+        ConfigError: an override of a field the table's rows define (``Study.fixed``).
+    """
+    overrides = dict(overrides or {})
+    fixed = sorted(set(study.fixed.get(table, ())) & set(overrides))
+    if fixed:
+        raise ConfigError(
+            f"--set {', '.join(fixed)}: set by each row of table {table}, so it cannot be "
+            f"overridden; pick rows with --rows instead (see --list)")
+    jobs = []
+    for job in study.tables[table](config, rows):
+        final = dataclasses.replace(job.config, **overrides) if overrides else job.config
+        if final != job.config:  # the user's value beats the row's: say so in the label
+            name = study.label(job.key, final) if study.label else job.label
+            job = Job(job.key, f"{name} (--set)", final)
+        jobs.append(job)
+    return jobs
+
+
+def check_splits(study: Study, job: Job) -> None:
+    """Refuse a job whose train / val / test parts share an image (``Study.splits``)."""
+    if study.splits is None:
+        return
+    import numpy as np
+
+    parts = study.splits(job.config)
+    names = sorted(parts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (source_a, index_a), (source_b, index_b) = parts[a], parts[b]
+            if source_a == source_b:
+                shared = np.intersect1d(index_a, index_b).size
+                if shared:
+                    raise ConfigError(f"{job.key}: {shared} images are in both its {a} and "
+                                      f"{b} sets ({source_a}); they must be disjoint")
 
 
 def run(
@@ -213,10 +320,15 @@ def run(
     *,
     config: Any,
     rows: Sequence[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    rerun: bool = False,
     results_dir: str | Path | None = "docs/results",
     echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
     """Run (or resume) every job of one table and report it; return the outcomes.
+
+    Everything that can be checked before training is checked first: the overrides, the
+    data (``prepare``), disjoint splits, the store and the results folder.
 
     Args:
         study: the study definition.
@@ -224,46 +336,106 @@ def run(
         profile: profile name, recorded as a tag.
         config: the profile's config with the user's overrides applied.
         rows: row keys to run (None = all).
+        overrides: the user's typed overrides, applied again over each row's values.
+        rerun: recompute jobs that already finished (new runs), instead of reusing them.
         results_dir: where the final table is written as Markdown and CSV (None: nowhere).
         echo: where progress lines go.
     """
     from depthlab import backend
 
-    jobs = study.tables[table](config, rows)
+    jobs = expand(study, table, config, rows, overrides)
     for job in jobs:
         study.prepare(job.config)
+        check_splits(study, job)
+    tracking.check_store()
+    if results_dir is not None:
+        files.check_writable(results_dir, "results folder (--results-dir)")
     env_tags = {**backend.describe(), "git_commit": git_commit(), "profile": profile,
                 "study": study.name, "table": table, **study.tags(config)}
     experiment_id = tracking.experiment(f"depthlab-{study.name}")
-    outcomes: list[Outcome] = []
+    for run_id in tracking.sweep_dead_runs(experiment_id):
+        echo(f"run {run_id[:8]} was left RUNNING by a process that died; marked KILLED")
+    table_id = tracking.config_hash({"study": study.name, "table": table, "profile": profile,
+                                     "backend": env_tags["backend"], "commit":
+                                     env_tags["git_commit"],
+                                     "config": dataclasses.asdict(config)})
     parent_name = f"{study.name} table {table} ({profile}, {env_tags['backend']})"
     echo(f"{parent_name}: {len(jobs)} job(s); MLflow store {tracking.store_root()}")
-    with tracking.run(experiment_id, parent_name,
-                      tags={**env_tags, "depthlab.kind": "table"}):
-        for job in jobs:
-            outcomes.append(_run_job(study, job, experiment_id, env_tags, echo))
-        comparison = study.report(table, config, outcomes)
-        _write_report(study, table, profile, env_tags, comparison, outcomes, results_dir, echo)
-    return outcomes
+    table_lock = tracking.lock(f"table-{table_id}")
+    with tracking.lock(f"table-{table_id}.create"):  # one parent, even for two commands
+        table_lock.acquire(shared=True)
+        found = tracking.find_runs(experiment_id, {TAG_TABLE: table_id})
+    try:
+        with tracking.run(experiment_id, parent_name,
+                          run_id=found[0].info.run_id if found else None,
+                          tags={**env_tags, "depthlab.kind": "table", TAG_TABLE: table_id,
+                                tracking.TAG_LOCK: f"table-{table_id}"}):
+            outcomes: dict[int, Outcome] = {}
+            busy = []
+            for i, job in enumerate(jobs):
+                outcome = _run_job(study, job, experiment_id, env_tags, rerun, echo, wait=False)
+                if outcome is None:
+                    busy.append(i)
+                else:
+                    outcomes[i] = outcome
+            for i in busy:  # run by another command meanwhile: wait, then reuse or resume
+                outcomes[i] = _run_job(study, jobs[i], experiment_id, env_tags, False, echo,
+                                       wait=True)
+            ordered = [outcomes[i] for i in range(len(jobs))]
+            comparison = study.report(table, config, ordered)
+            _write_report(study, table, profile, env_tags, comparison, ordered, results_dir,
+                          echo)
+    finally:
+        table_lock.release()
+    return ordered
+
+
+def job_identity(study: Study, job: Job, env_tags: Mapping[str, str]) -> tuple[str, str]:
+    """(digest, data digest): what makes two jobs the same computation."""
+    data = data_digest(study.datasets(job.config))
+    digest = tracking.config_hash({"study": study.name, "job": job.key,
+                                   "backend": env_tags["backend"],
+                                   "config": dataclasses.asdict(job.config),
+                                   "commit": env_tags["git_commit"], "data": data})
+    return digest, data
 
 
 def _run_job(study: Study, job: Job, experiment_id: str, env_tags: Mapping[str, str],
-             echo: Callable[[str], None]) -> Outcome:
-    digest = tracking.config_hash({"study": study.name, "job": job.key,
-                                   "backend": env_tags["backend"],
-                                   "config": dataclasses.asdict(job.config)})
+             rerun: bool, echo: Callable[[str], None], wait: bool) -> Outcome | None:
+    """Run, resume or reuse one job under its lock; None if another command holds it."""
+    digest, data = job_identity(study, job, env_tags)
+    lock = tracking.lock(f"job-{digest}")
+    if not lock.acquire(blocking=False):
+        if not wait:
+            echo(f"[{job.label}] is running in another command ({lock.holder()}); "
+                 "coming back to it at the end")
+            return None
+        echo(f"[{job.label}] waiting for the other command ({lock.holder()}) to finish it")
+        lock.acquire()
+    try:
+        return _run_locked(study, job, experiment_id, env_tags, digest, data, rerun, echo)
+    finally:
+        lock.release()
+
+
+def _run_locked(study: Study, job: Job, experiment_id: str, env_tags: Mapping[str, str],
+                digest: str, data: str, rerun: bool, echo: Callable[[str], None]) -> Outcome:
     previous = tracking.find_runs(experiment_id, {tracking.TAG_CONFIG_HASH: digest})
     done = [r for r in previous
             if r.data.tags.get(tracking.TAG_STATUS) in ("finished", "diverged")]
-    if done:
+    if done and not rerun:
         found = done[0]
         echo(f"[{job.label}] already {found.data.tags[tracking.TAG_STATUS]} "
              f"(run {found.info.run_id[:8]}), skipped")
         return _outcome_from_run(job, found, skipped=True)
-    resume_id = previous[0].info.run_id if previous else None
+    unfinished = [r for r in previous if r not in done]
+    resume_id = unfinished[0].info.run_id if unfinished and not rerun else None
     checkpoint_dir = tracking.store_root() / "checkpoints" / digest
+    if resume_id is None:
+        _clear_checkpoints(checkpoint_dir)  # nothing of an abandoned attempt is reused
     tags = {**env_tags, tracking.TAG_CONFIG_HASH: digest, tracking.TAG_STATUS: "running",
-            "job": job.key, "depthlab.kind": "job"}
+            tracking.TAG_LOCK: f"job-{digest}", "data_digest": data, "job": job.key,
+            "depthlab.kind": "job"}
     if resume_id:
         echo(f"[{job.label}] resuming run {resume_id[:8]}")
     seed = getattr(job.config, "seed", None)
@@ -272,38 +444,43 @@ def _run_job(study: Study, job: Job, experiment_id: str, env_tags: Mapping[str, 
         with tracking.run(experiment_id, job.label, tags=tags,
                           params=tracking.flatten(job.config), run_id=resume_id,
                           nested=True) as active:
+            run_id = active.info.run_id
             if seed is not None:
                 import keras
 
                 keras.utils.set_random_seed(int(seed))
             if resume_id is None:
                 tracking.log_dict(dataclasses.asdict(job.config), "config.json")
-            context = Context(study, job, active.info.run_id, checkpoint_dir, echo)
+            context = Context(study, job, run_id, checkpoint_dir, echo)
             try:
                 results = dict(study.execute(job, context))
             except Diverged as error:
                 echo(f"[{job.label}] {error}; run marked FAILED, sweep continues")
                 tracking.log_metrics({"wall_time_s": time.perf_counter() - start}, step=0)
                 tracking.set_status("diverged", str(error))
-                return Outcome(job, "diverged", {}, active.info.run_id,
-                               time.perf_counter() - start, str(error))
+                _clear_checkpoints(checkpoint_dir)
+                return Outcome(job, "diverged", {}, run_id, time.perf_counter() - start,
+                               str(error), env_tags["git_commit"], data)
+            if context.weights_checked:
+                results.setdefault("weights_finite", 1.0)
             wall = time.perf_counter() - start
             tracking.log_metrics({**{RESULT_PREFIX + k: v for k, v in results.items()},
                                   "wall_time_s": wall}, step=0)
             tracking.set_status("finished")
-            run_id = active.info.run_id
     except KeyboardInterrupt:
-        echo(f"[{job.label}] interrupted; run marked FAILED, resume by running again")
+        echo(f"[{job.label}] interrupted; run marked KILLED, resume by running again")
         raise
     except Exception as error:  # noqa: BLE001 - one failing row must not end the sweep
+        if files.is_disk_full(error):
+            raise  # every later job would fail the same way: stop with one line
         import traceback
 
         echo(f"[{job.label}] FAILED: {type(error).__name__}: {error}\n"
              + "".join(traceback.format_exception(error)[-6:]).rstrip())
         return Outcome(job, "failed", {}, None, time.perf_counter() - start,
-                       f"{type(error).__name__}: {error}")
+                       f"{type(error).__name__}: {error}", env_tags["git_commit"], data)
     _clear_checkpoints(checkpoint_dir)
-    return Outcome(job, "finished", results, run_id, wall)
+    return Outcome(job, "finished", results, run_id, wall, "", env_tags["git_commit"], data)
 
 
 def _outcome_from_run(job: Job, found: Any, skipped: bool) -> Outcome:
@@ -312,7 +489,8 @@ def _outcome_from_run(job: Job, found: Any, skipped: bool) -> Outcome:
                if k.startswith(RESULT_PREFIX)}
     return Outcome(job, "skipped" if skipped and status == "finished" else status, results,
                    found.info.run_id, found.data.metrics.get("wall_time_s"),
-                   found.data.tags.get("depthlab.status_message", ""))
+                   found.data.tags.get("depthlab.status_message", ""),
+                   found.data.tags.get("git_commit", ""), found.data.tags.get("data_digest", ""))
 
 
 def _clear_checkpoints(folder: Path) -> None:
@@ -321,27 +499,36 @@ def _clear_checkpoints(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _jobs_table(outcomes: list[Outcome]) -> str:
+    """Markdown: where each row's numbers come from (status, run, commit, data, time)."""
+    lines = ["| row | status | MLflow run | commit | data digest | wall time |",
+             "|---|---|---|---|---|---|"]
+    for o in outcomes:
+        wall = (f"{o.wall_time_s:.0f} s" if o.wall_time_s is not None
+                and math.isfinite(o.wall_time_s) else "—")
+        lines.append(f"| {o.job.label} | {o.status} | {(o.run_id or '—')[:8]} | "
+                     f"{o.commit or '—'} | {o.data or '—'} | {wall} |")
+    return "\n".join(lines)
+
+
 def _write_report(study: Study, table: str, profile: str, env_tags: Mapping[str, str],
                   rows: list[report.Comparison], outcomes: list[Outcome],
                   results_dir: str | Path | None, echo: Callable[[str], None]) -> None:
     title = (f"{study.name} table {table}, profile {profile}, backend {env_tags['backend']}, "
              f"device {env_tags['device']}")
     echo("\n" + title + "\n" + report.text_table(rows))
-    failed = [o for o in outcomes if o.status in ("failed", "diverged")]
-    for outcome in failed:
-        echo(f"  {outcome.job.label}: {outcome.status} ({outcome.message})")
-    walls = ", ".join(f"{o.job.key} {o.wall_time_s:.0f} s" for o in outcomes
-                      if o.wall_time_s is not None and math.isfinite(o.wall_time_s))
+    for outcome in outcomes:
+        if outcome.status in ("failed", "diverged"):
+            echo(f"  {outcome.job.label}: {outcome.status} ({outcome.message})")
     meta = "\n".join(f"- {k}: {v}" for k, v in sorted(env_tags.items()))
-    markdown = (f"# {title}\n\n{report.markdown_table(rows)}\n\n"
-                f"Wall time per job: {walls or '—'}\n\nEnvironment:\n{meta}\n")
+    markdown = (f"# {title}\n\n{report.markdown_table(rows)}\n\n## Runs\n\n"
+                f"{_jobs_table(outcomes)}\n\nEnvironment of this invocation:\n{meta}\n")
     stem = f"{study.name}_table{table}_{profile}_{env_tags['backend']}"
     tracking.log_text(markdown, f"{stem}.md")
     tracking.log_text(report.csv_table(rows), f"{stem}.csv")
     if results_dir is not None:
         folder = Path(results_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{stem}.md").write_text(markdown)
-        (folder / f"{stem}.csv").write_text(report.csv_table(rows))
+        files.write_text(folder / f"{stem}.md", markdown)
+        files.write_text(folder / f"{stem}.csv", report.csv_table(rows))
         echo(f"table written to {folder / (stem + '.md')}")
     sys.stdout.flush()
