@@ -1,5 +1,5 @@
 """Step time of the VGG study through the runner (GradientCapture + GradientLogger,
-StepLoss, EpochLogger, BackupAndRestore, best checkpoint, MLflow) vs a bare ``model.fit``
+StepLoss, EpochLogger, DivergenceGuard, Backup, best checkpoint, MLflow) vs a bare ``model.fit``
 of the same model, data and batch, measured side by side in one process (issue 11,
 target ≤ 1.05).
 
@@ -117,6 +117,7 @@ def main() -> None:
             "quick",
             config=config,
             rows=[args.row],
+            overrides={"epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch},
             results_dir=None,
             echo=lambda line: None,
         )

@@ -111,6 +111,7 @@ class Backup(keras.callbacks.Callback):
             part.restore_state(folder / name, meta["parts"].get(name, {}))
         self.restored_epoch = int(meta["epoch"])
         model._initial_epoch = self.restored_epoch  # read by fit after on_train_begin
+        self.echo(f"resumed after epoch {self.restored_epoch} from its backup")
 
     # === Save ===
 

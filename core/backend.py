@@ -7,9 +7,11 @@ branch outside gradient capture lives here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
+from collections.abc import Iterator
 
 BACKENDS = ("jax", "tensorflow", "torch")
 
@@ -49,12 +51,63 @@ def configure() -> None:
     magnitude on the ~1e-38 gradients of vanishing-gradient nets (SPEC §3.6). XLA (JAX)
     and TensorFlow's CPU kernels already set FTZ/DAZ.
     """
+    if "keras" not in sys.modules:
+        with _native_stderr_silenced():  # TensorFlow's start-up lines bypass its log level
+            import keras
     import keras
 
     if keras.backend.backend() == "torch":
         import torch
 
         torch.set_flush_denormal(True)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null for a while.
+
+    TensorFlow writes "WARNING: All log messages before absl::InitializeLog()..." and a
+    oneDNN notice when it loads, whatever ``TF_CPP_MIN_LOG_LEVEL`` says; a command's error
+    must stay one line.
+    """
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def set_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed`` without importing TensorFlow on the other backends.
+
+    Keras seeds TensorFlow whenever it is installed, for tf.data pipelines depthlab does not
+    use; on jax/torch that import costs seconds per process and writes TensorFlow's start-up
+    lines to stderr, where a command's one-line error must stand alone.
+    """
+    import random
+
+    import keras
+    import numpy as np
+
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.manual_seed(seed)
 
 
 def flush_denormal_enabled() -> bool | None:

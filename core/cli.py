@@ -92,8 +92,16 @@ def main(argv: Sequence[str] | None = None, study: str | Any | None = None) -> i
         backend.select(args.backend)
     except (UsageError, config.ConfigError, backend.BackendError) as error:
         return _fail(error)
+    from depthlab import files, tracking
+
+    try:  # in seconds, before Keras loads: the places this command will write
+        tracking.check_store()
+        if args.results_dir:
+            files.check_writable(args.results_dir, "results folder (--results-dir)")
+    except (tracking.StoreError, OSError) as error:
+        return _fail(error)
     backend.configure()
-    from depthlab import data, files, tracking
+    from depthlab import data
     from depthlab.reproductions import runner
 
     signal.signal(signal.SIGTERM, _interrupt)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 SPACE_MARGIN = 2.0  # free space wanted per byte about to be written
-MIN_FREE_BYTES = 16 << 20  # never write into the last 16 MiB of a disk
+MIN_FREE_MB = 16  # never write into the last 16 MiB of a disk ($DEPTHLAB_MIN_FREE_MB)
 
 
 class DiskFullError(OSError):
@@ -55,7 +55,8 @@ def ensure_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
         what: a few words naming the write, for the message.
     """
     free = shutil.disk_usage(folder).free
-    need = int(nbytes * SPACE_MARGIN) + MIN_FREE_BYTES
+    floor = int(os.environ.get("DEPTHLAB_MIN_FREE_MB", MIN_FREE_MB)) << 20
+    need = int(nbytes * SPACE_MARGIN) + floor
     if free < need:
         raise DiskFullError(
             f"no space left on device for {what} in {folder}: {free / 2**20:.0f} MiB free, "

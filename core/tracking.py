@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -100,6 +101,8 @@ def configure(root: str | os.PathLike | None = None) -> str:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     if uri not in _CONFIGURED:
+        # MLflow announces a new store's migrations on stderr: keep stderr for errors.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         with files.FileLock(folder / "locks" / "store.lock"):
             MlflowClient().search_experiments(max_results=1)
         _CONFIGURED.add(uri)

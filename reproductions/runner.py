@@ -32,7 +32,6 @@ This module imports no backend at import time: the CLI selects the backend first
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import math
 import subprocess
@@ -186,11 +185,11 @@ class Context:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         logger = EpochLogger(epochs=epochs, label=self.job.label, echo=self.echo)
         guard = DivergenceGuard(MAX_LOSS if max_loss is None else max_loss)
-        ours: list[Any] = [logger, guard]
+        ours: list[Any] = [logger, guard]  # the progress line first, whatever fails next
         self.best = None
         if best_monitor is not None:
             self.best = BestWeights(self.best_path, best_monitor, best_mode, echo=self.echo)
-            ours.insert(0, self.best)
+            ours.append(self.best)
         own = [*callbacks, *ours]
         with tracking.buffered() as held:
             parts = {f"{i}_{type(c).__name__}": c for i, c in enumerate(own)
@@ -199,7 +198,7 @@ class Context:
                 parts["mlflow_metrics"] = held
             backup = Backup(self.checkpoint_dir / "backup", backup_every_s, parts,
                             skip=lambda: guard.diverged, on_commit=tracking.flush,
-                            echo=self.echo)
+                            echo=lambda line: self.echo(f"[{self.job.label}] {line}"))
             if hasattr(train, "epoch_callback"):  # batches follow fit's epoch, resumes too
                 own.insert(0, train.epoch_callback())
             model.fit(
@@ -211,8 +210,6 @@ class Context:
                 shuffle=False,  # the data orders itself from (seed, epoch): exact resume
                 verbose=0,
             )
-            if backup.restored_epoch:
-                self.echo(f"[{self.job.label}] resumed after epoch {backup.restored_epoch}")
         if guard.diverged:
             raise Diverged(guard.diverged_at, guard.reason)
         self.weights_checked = True
@@ -249,27 +246,6 @@ def git_commit() -> str:
             return f"depthlab-{version('depthlab')}"
         except PackageNotFoundError:
             return "unknown"
-
-
-@functools.lru_cache(maxsize=16)
-def _file_digest(file: str, mtime_ns: int, size: int) -> str:
-    from depthlab import data
-
-    return data.file_sha256(file)
-
-
-def data_digest(names: Sequence[str]) -> str:
-    """A short digest of the data files ``names`` resolve to ("" for none)."""
-    from depthlab import data
-
-    if not names:
-        return ""
-    parts = []
-    for name in sorted(set(names)):
-        file = data.path(name)
-        stat = file.stat()
-        parts.append(f"{name}:{_file_digest(str(file), stat.st_mtime_ns, stat.st_size)}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
 def expand(study: Study, table: str, config: Any, rows: Sequence[str] | None = None,
@@ -344,12 +320,12 @@ def run(
     from depthlab import backend
 
     jobs = expand(study, table, config, rows, overrides)
-    for job in jobs:
-        study.prepare(job.config)
-        check_splits(study, job)
     tracking.check_store()
     if results_dir is not None:
         files.check_writable(results_dir, "results folder (--results-dir)")
+    for job in jobs:
+        study.prepare(job.config)
+        check_splits(study, job)
     env_tags = {**backend.describe(), "git_commit": git_commit(), "profile": profile,
                 "study": study.name, "table": table, **study.tags(config)}
     experiment_id = tracking.experiment(f"depthlab-{study.name}")
@@ -392,7 +368,9 @@ def run(
 
 def job_identity(study: Study, job: Job, env_tags: Mapping[str, str]) -> tuple[str, str]:
     """(digest, data digest): what makes two jobs the same computation."""
-    data = data_digest(study.datasets(job.config))
+    from depthlab import data as datasets
+
+    data = datasets.digest(study.datasets(job.config))
     digest = tracking.config_hash({"study": study.name, "job": job.key,
                                    "backend": env_tags["backend"],
                                    "config": dataclasses.asdict(job.config),
@@ -446,9 +424,9 @@ def _run_locked(study: Study, job: Job, experiment_id: str, env_tags: Mapping[st
                           nested=True) as active:
             run_id = active.info.run_id
             if seed is not None:
-                import keras
+                from depthlab import backend
 
-                keras.utils.set_random_seed(int(seed))
+                backend.set_seed(int(seed))
             if resume_id is None:
                 tracking.log_dict(dataclasses.asdict(job.config), "config.json")
             context = Context(study, job, run_id, checkpoint_dir, echo)

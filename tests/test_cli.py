@@ -16,6 +16,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=120, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("args, message", [
     (["nostudy"], "unknown study 'nostudy'"),
     (["vgg", "--bogus"], "unrecognized arguments: --bogus"),
@@ -26,13 +27,68 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     (["vgg", "--set", "depth=3"], "unknown config field 'depth'"),
     (["vgg", "--set", "epochs=many"], "expected an integer"),
     (["vgg", "--dataset", "imagenet"], "expected one of cifar100, cifar10"),
+    (["vgg", "--rows", ""], "--rows is empty"),
+    (["vgg", "--rows", ","], "--rows is empty"),
+    (["vgg", "--rows", "vgg08,,vgg38"], "has an empty entry"),
+    (["vgg", "--rows", "vgg08,vgg38,vgg08"], "--rows names vgg08 more than once"),
+    (["vgg", "--set", "epochs=0"], "epochs=0: must be a finite number > 0"),
+    (["vgg", "--set", "batch_size=-32"], "batch_size=-32: must be a finite number > 0"),
+    (["vgg", "--set", "steps_per_epoch=-1"], "steps_per_epoch=-1: must be a finite number >= 0"),
+    (["vgg", "--set", "lr=nan"], "lr=nan: must be a finite number > 0"),
+    (["vgg", "--set", "lr=inf"], "lr=inf: must be a finite number > 0"),
+    (["vgg", "--set", "lr=-1e-3"], "lr=-0.001: must be a finite number > 0"),
+    (["vgg", "--set", "grad_every=0"], "grad_every=0: must be a finite number > 0"),
+    (["vgg", "--set", "split=head", "--set", "train_images=0"], "train_images=0: split 'head'"),
+    (["vgg", "--set", "norm=true"], "--set norm: set by each row of table 1"),
+    (["vgg", "--table", "init", "--set", "lr=0.1"], "--set lr: set by each row of table init"),
+    (["vgg", "--set", "val_images=5000"], "val_images=5000: cifar10 has 2,500 images"),
+    (["vgg", "--set", "train_images=50001"], "train_images=50001: cifar10 has 50,000 images"),
+    (["vgg", "--set", "test_images=10001"], "test_images=10001: cifar10 has 10,000 images"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message):
-    result = _cli(*args)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("depthlab")]
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert lines[0].startswith("depthlab: error: ")
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    start = time.perf_counter()
+    result = _cli(*args, "--results-dir", str(tmp_path / "results"),
+                  env={"DEPTHLAB_MLRUNS": str(tmp_path / "mlruns")})
+    _one_line_error(result, message)
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # refused before MLflow
+
+
+def _one_line_error(result: subprocess.CompletedProcess, message: str) -> str:
+    """Exit 2, exactly one line on stderr, which names the problem; no traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("depthlab: error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+def test_readme_lr_override_wins_over_each_rows_value():
+    """``--set lr=3e-3`` (README): the user's value beats the rows' own learning rates,
+    and every row it changed says so in its label."""
+    from depthlab import config as configs
+    from depthlab.reproductions import runner, vgg
+
+    base = configs.apply_overrides(vgg.QUICK, {"lr": "3e-3"})
+    jobs = runner.expand(vgg.STUDY, "1", base, list(vgg.ROWS), {"lr": 3e-3})
+    assert [j.config.lr for j in jobs] == [3e-3] * 7
+    assert [j.label for j in jobs][:3] == [
+        "VGG08, lr 0.003 (--set)", "VGG38, lr 0.003 (--set)", "VGG38 BN, lr 0.003 (--set)"]
+    plain = runner.expand(vgg.STUDY, "1", vgg.QUICK, ["vgg38_bn_1e-2"])
+    assert plain[0].config.lr == 1e-2 and plain[0].label == "VGG38 BN, lr 0.01"
+
+
+def test_corrupt_data_is_one_line_and_exit_2(tmp_path):
+    """A truncated data file: named, called corrupt, no traceback, before any training."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "cifar10.npz").write_bytes(b"PK\x03\x04" + b"\0" * 1000)
+    result = _cli("vgg", "--rows", "vgg38", "--results-dir", str(tmp_path / "r"),
+                  env={"DEPTHLAB_MLRUNS": str(tmp_path / "m"), "DEPTHLAB_DATA_DIR": str(folder)})
+    line = _one_line_error(result, f"{folder / 'cifar10.npz'} is corrupt (")
+    assert line.endswith("; delete it to download again")
+    assert "epoch 1/" not in result.stdout
 
 
 def test_missing_data_fails_fast_with_exit_2(tmp_path):
@@ -40,9 +96,8 @@ def test_missing_data_fails_fast_with_exit_2(tmp_path):
     start = time.perf_counter()
     result = _cli("vgg", "--table", "1", "--profile", "paper", "--rows", "vgg08",
                   "--results-dir", str(tmp_path), env={"DEPTHLAB_MLRUNS": str(tmp_path / "m")})
-    assert result.returncode == 2, result.stdout + result.stderr
-    error = [line for line in result.stderr.splitlines() if line.startswith("depthlab: error")]
-    assert len(error) == 1 and "partial copy" in error[0] and "cifar100.npz" in error[0]
+    line = _one_line_error(result, "partial copy")
+    assert "cifar100.npz" in line
     assert time.perf_counter() - start < 90  # seconds, no training started
     assert "epoch 1/" not in result.stdout
 

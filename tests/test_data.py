@@ -346,6 +346,129 @@ def test_real_content_digests_match_offline_copies():
             assert data.array_sha256(data.array(name, key)) == digest, (name, key)
 
 
+# ---------------------------------------------------------------- corrupt files
+
+
+def rewrite(name, edit):
+    """A corrupt copy: the offline file's bytes changed by ``edit``."""
+    return lambda folder: (folder / f"{name}.npz").write_bytes(
+        edit((SHARED_DATA / f"{name}.npz").read_bytes())
+    )
+
+
+def resave(name, drop=None, save=np.savez_compressed, **edits):
+    """A well-formed npz with the offline arrays, one dropped or changed by ``edits``."""
+
+    def write(folder):
+        with np.load(SHARED_DATA / f"{name}.npz") as npz:
+            arrays = {key: npz[key] for key in npz.files if key != drop}
+        save(folder / f"{name}.npz", **{k: edits.get(k, lambda a: a)(a) for k, a in arrays.items()})
+
+    return write
+
+
+def flip_inside(blob, member):
+    """Flip one byte in the middle of a member's compressed data (its CRC-32 then fails)."""
+    info = zipfile.ZipFile(io.BytesIO(blob)).getinfo(member)
+    out = bytearray(blob)
+    out[info.header_offset + info.compress_size // 2] ^= 0xFF
+    return bytes(out)
+
+
+def swap_two(y):
+    """Same shape, dtype and label counts; other content."""
+    y = y.copy()
+    j = int(np.flatnonzero(y != y[0])[0])
+    y[[0, j]] = y[[j, 0]]
+    return y
+
+
+NOT_ZIP = "not a zip archive: truncated or not an npz"
+CORRUPTIONS = {
+    "zero-byte": ("usps", rewrite("usps", lambda b: b""), NOT_ZIP),
+    "truncated": ("usps", rewrite("usps", lambda b: b[: len(b) // 2]), NOT_ZIP),
+    "bit-flip": (
+        "usps",
+        rewrite("usps", lambda b: flip_inside(b, "x_train.npy")),
+        "array x_train: Bad CRC-32 for file 'x_train.npy'",
+    ),
+    "missing-key": ("usps", resave("usps", drop="y_test"), "no array y_test"),
+    "wrong-shape": (
+        "mnist",
+        resave("mnist", save=np.savez, x_train=lambda x: x[:, :, :27]),
+        "array x_train has shape (60000, 28, 27), expected (N, 28, 28)",
+    ),
+    "wrong-dtype": (
+        "usps",
+        resave("usps", x_test_milli=lambda x: x.astype(np.int32)),
+        "array x_test_milli has dtype int32, expected int16",
+    ),
+    "row-count": (
+        "usps",
+        resave("usps", y_test=lambda y: y[:-1]),
+        "array y_test has 2006 rows, x_test has 2007",
+    ),
+    "digest": (
+        "usps",
+        resave("usps", y_train=swap_two),
+        "array y_train has sha256 ",  # then the digest of the swapped labels
+    ),
+}
+
+
+def assert_corrupt_message(error, file, reason):
+    message = str(error)
+    assert "\n" not in message
+    assert message.startswith(f"{file} is corrupt (") and file.is_absolute()
+    assert message.endswith("; delete it to download again")
+    assert f"({reason}" in message
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_file_raises_one_clear_error(case, tmp_path, monkeypatch):
+    name, write, reason = CORRUPTIONS[case]
+    write(tmp_path)
+    monkeypatch.setenv("DEPTHLAB_DATA_DIR", str(tmp_path))
+    with pytest.raises(data.DataCorruptError) as info:
+        data.load(name)
+    assert isinstance(info.value, ValueError)
+    assert_corrupt_message(info.value, tmp_path / f"{name}.npz", reason)
+    if case == "digest":
+        assert "expected ee5027fd47b7...)" in str(info.value)  # SOURCES["usps"] y_train
+
+
+def test_corrupt_file_checked_once_per_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPTHLAB_DATA_DIR", str(tmp_path))
+    good = (SHARED_DATA / "usps.npz").read_bytes()
+    file = tmp_path / "usps.npz"
+    file.write_bytes(good[:1000])
+    with pytest.raises(data.DataCorruptError, match="not a zip archive"):
+        data.keys("usps")
+    file.write_bytes(good)  # a new stamp: size and mtime change, so it is checked anew
+    assert len(data.usps().test) == 2007
+    checks = data._keys.cache_info().misses
+    data.usps(milli=True)
+    assert data._keys.cache_info().misses == checks
+
+
+def test_structure_check_reads_headers_only():
+    start = time.monotonic()
+    keys = data._keys.__wrapped__(*data._stamp("cifar10"))  # uncached: the 171 MB file
+    assert time.monotonic() - start < 0.5
+    assert {"x_train", "y_train", "x_test", "y_test", "label_names"} == keys
+
+
+def test_fetch_refuses_converted_arrays_off_schema(tmp_path, monkeypatch):
+    bad = {k: np.zeros(s, np.uint8) for k, s in (("x_train", (3, 28, 27)), ("y_train", 3))}
+    bad |= {"x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.zeros(2, np.uint8)}
+    np.savez(tmp_path / "mnist.npz", **bad)
+    remote = data.Remote((tmp_path / "mnist.npz").as_uri())
+    monkeypatch.setitem(data.SOURCES, "mnist", data.Source((remote,)))
+    with pytest.raises(data.ChecksumError, match=r"x_train has shape \(3, 28, 27\)"):
+        data.fetch("mnist", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
 # ---------------------------------------------------------------- augmentation, pipeline
 
 

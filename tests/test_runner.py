@@ -21,9 +21,10 @@ from depthlab.config import ConfigError
 from depthlab.reproductions import runner
 
 
-def _run(config=TinyConfig(), rows=None, tmp=None, **kwargs):
+def _run(config: TinyConfig | None = None, rows=None, tmp=None, **kwargs):
     lines: list[str] = []
-    outcomes = runner.run(STUDY, "t", "quick", config=config, rows=rows, results_dir=tmp,
+    outcomes = runner.run(STUDY, "t", "quick", config=config or TinyConfig(), rows=rows,
+                          results_dir=tmp,
                           echo=lines.append, **kwargs)
     return outcomes, lines
 
@@ -245,3 +246,26 @@ def test_overlapping_splits_are_refused_before_any_run(mlruns):
     with pytest.raises(ConfigError, match="10 images are in both its train and val sets"):
         runner.run(overlap, "t", "quick", config=TinyConfig(), results_dir=None)
     assert not tracking.find_runs(tracking.experiment("depthlab-tiny"), {})
+
+
+def test_every_study_keeps_train_val_and_test_disjoint():
+    """Every profile and table of every study the CLI knows: no image in two parts."""
+    import importlib
+
+    from depthlab import cli, data
+
+    for name, module in cli.STUDIES.items():
+        study = importlib.import_module(module).STUDY
+        assert study.splits is not None, f"{name} declares no splits"
+        for config in study.profiles.values():
+            for table in study.tables:
+                for job in runner.expand(study, table, config):
+                    runner.check_splits(study, job)  # raises ConfigError on an overlap
+                    assert {"train", "test"} <= set(study.splits(job.config)), job.key
+    # the VGG quick set is the first 2,048 training images, which hold 95 coursework
+    # validation images: its validation part leaves them out
+    vgg = importlib.import_module(cli.STUDIES["vgg"])
+    quick = vgg.split_indices(vgg.QUICK)
+    coursework_val = data.cifar_indices("val", "coursework")
+    assert np.intersect1d(coursework_val, np.arange(2048)).size == 95
+    assert quick["val"][1].min() >= 2048 and len(quick["val"][1]) == 500
