@@ -2,6 +2,7 @@
 #   make quick    install into .venv, then VGG Table 1 quick profile (CPU, minutes)
 #   make test     the test suite on jax, tensorflow and torch (what CI runs)
 #   make test-all the same plus the slow-marked claims on every backend
+#   make ui       the MLflow UI on the project's store, with each study's direct link
 
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
@@ -14,7 +15,7 @@ endif
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST   := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: install quick test test-all lint clean
+.PHONY: install quick test test-all lint ui clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +42,9 @@ test: install
 test-all: install
 	@for b in jax tensorflow torch; do \
 	  echo "=== KERAS_BACKEND=$$b"; KERAS_BACKEND=$$b $(PYTEST) || exit 1; done
+
+ui: install
+	$(PY) -m depthlab.ui
 
 lint: install
 	$(PY) -m ruff check .

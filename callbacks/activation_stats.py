@@ -26,9 +26,8 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
-from matplotlib.figure import Figure
 
-from depthlab import tracking
+from depthlab import plots, tracking
 from depthlab.callbacks import conditioning
 
 THRESHOLDS = (0.0, 0.05, 0.5, 5.0, 50.0)  # SPEC §4.4: % of entries with |h| > t
@@ -201,23 +200,6 @@ def statistics_csv(stats: dict[str, np.ndarray]) -> str:
     return buffer.getvalue()
 
 
-def plot_statistics(stats: dict[str, np.ndarray], title: str = "") -> Figure:
-    """mean|h| and max|h| against layer index, log y (SPEC §4.1 Figs. 2–4)."""
-    figure = Figure(figsize=(7, 4))  # fixed margins: a layout engine doubles render time
-    figure.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.91)
-    axes = figure.add_subplot()
-    index = np.arange(1, len(stats["layer"]) + 1)
-    for key, label in (("mean_abs", "mean |h|"), ("max_abs", "max |h|")):
-        values = np.where(stats[key] > 0, stats[key], np.nan)
-        axes.plot(index, values, marker=".", label=label)
-    axes.set_yscale("log")
-    axes.set_xlabel("layer")
-    axes.set_ylabel("|h|")
-    axes.set_title(title)
-    axes.legend()
-    return figure
-
-
 def summary(stats: dict[str, np.ndarray], kappa_inf: dict[str, float] | None = None) -> dict:
     """A handful of scalars summarising the per-layer table (SPEC §0.2)."""
     mean_abs = stats["mean_abs"]
@@ -322,12 +304,13 @@ class ActivationStats(keras.callbacks.Callback):
         tracking.log_metrics({f"{self.name}/{k}": v for k, v in metrics.items()}, step)
         tracking.log_text(statistics_csv(stats), f"{stem}_step{step:04d}.csv")
         title = f"{self.name}, step {step}"
-        tracking.log_figure(plot_statistics(stats, title), f"{stem}_step{step:04d}.png")
+        figure = plots.activation_statistics(stats, title)
+        tracking.log_figure(figure, f"{stem}_step{step:04d}.png")
         if self.conditioning:
             tracking.log_text(
                 conditioning.conditioning_csv(kappas), f"{stem}_kappa_inf_step{step:04d}.csv"
             )
-            figure = conditioning.plot_conditioning(kappas, stats["kappa_2"], title)
+            figure = plots.conditioning(kappas, stats["kappa_2"], title)
             tracking.log_figure(figure, f"{stem}_conditioning_step{step:04d}.png")
 
     def on_train_begin(self, logs: dict | None = None) -> None:

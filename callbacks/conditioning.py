@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import keras
 import numpy as np
-from matplotlib.figure import Figure
 
 
 def kappa_inf(w: np.ndarray) -> float:
@@ -140,34 +139,3 @@ def conditioning_csv(kappas: Mapping[str, float]) -> str:
     return buffer.getvalue()
 
 
-def plot_conditioning(
-    kappas: Mapping[str, float], kappa_2_values: Sequence[float] | None = None, title: str = ""
-) -> Figure:
-    """κ∞ per square kernel and, when given, κ2 per probed layer, log y (SPEC §4.1 Fig. 5).
-
-    Infinite values cannot be drawn on a log axis; their count is given in the legend.
-
-    Args:
-        kappas: ``{layer: κ∞}`` from :func:`kernel_conditioning`.
-        kappa_2_values: κ2 per probed layer, or ``None``.
-        title: the figure title.
-
-    Returns:
-        A matplotlib figure (not attached to pyplot).
-    """
-    figure = Figure(figsize=(7, 4))  # fixed margins: a layout engine doubles render time
-    figure.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.91)
-    axes = figure.add_subplot()
-    series = [("κ∞(W), square kernels", np.array(list(kappas.values()), dtype=np.float64))]
-    if kappa_2_values is not None:
-        series.append(("κ2(H), probed layers", np.asarray(kappa_2_values, dtype=np.float64)))
-    for label, values in series:
-        n_inf = int(np.sum(np.isinf(values)))
-        finite = np.where(np.isfinite(values) & (values > 0), values, np.nan)
-        axes.plot(np.arange(1, len(values) + 1), finite, marker=".", label=f"{label} ({n_inf} ∞)")
-    axes.set_yscale("log")
-    axes.set_xlabel("layer")
-    axes.set_ylabel("condition number")
-    axes.set_title(title)
-    axes.legend()
-    return figure

@@ -11,8 +11,13 @@ step k + 1, so reading at the start of the next batch costs nothing extra; the l
 of an epoch is read in ``on_epoch_end``. Under JAX the state lives outside the model
 variables mid-epoch (keras#19054): the ``model`` property of a callback syncs it, so the
 callback touches ``self.model`` only when it reads. Its history travels in the runner's
-training backup (``backup_state``/``restore_state``), so a resumed run's gradient CSVs and
-heatmap cover the whole run, as an uninterrupted run's do.
+training backup (``backup_state``/``restore_state``), so a resumed run's gradient
+artifacts cover the whole run, as an uninterrupted run's do.
+
+Scale: a 10,000-layer net has ~25,000 gradient tensors. Above ``max_tensors`` entries the
+logger aggregates per group (by default the label's path cut back until few enough groups
+remain: a layer, then a block): a group's norm is the L2 norm of its tensors' gradients,
+its mean |g| the size-weighted mean. Matrices are float32 and go to ``.npz`` (CSV beside it).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from depthlab import plots
 from depthlab.callbacks.gradient_capture import GradientCapture, find_capture
 
 _KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
@@ -35,19 +41,18 @@ _KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
 class GradientLogger(keras.callbacks.Callback):
     """Log the gradients the optimizer applies (SPEC §0.4 definition, §0.2 limits).
 
-    Memory (``history``): per epoch, the last batch's mean |g| and norm per label (the
+    Memory (``history``): per epoch, the last batch's mean |g| and norm per entry (the
     VGG gradient flow, SPEC §3.4) and the mean over all the epoch's steps; every N steps,
-    the norm and mean |g| per label, the global norm and the clip factor.
+    the norm and mean |g| per entry, the global norm and the clip factor.
 
-    MLflow (through ``depthlab.tracking``, nothing without an active run; what an epoch
-    gathers is written in one call at its end, none inside the training loop): every N
-    steps ``grad/global_norm`` (over all the gradients the optimizer received),
-    ``grad/min_layer_norm``, ``grad/max_layer_norm``, ``grad/first_last_ratio`` (norm of
-    the first label over the last, model order) and,
-    when the optimizer clips by global norm, ``grad/clip_factor``, at step = the 0-based
-    optimizer step; at epoch end ``grad_mean_abs/<label>`` and ``grad_norm/<label>`` of
-    the epoch's last batch, at step = epoch, when per-layer metrics are on; at train end
-    the CSV matrices and a heatmap under ``gradients/``.
+    MLflow (through ``depthlab.tracking``, nothing without an active run), once per epoch at
+    step = epoch, like every training curve: ``grad/global_norm`` and, when the optimizer
+    clips by global norm, ``grad/clip_factor`` of the epoch's last batch;
+    ``grad/min_layer_norm``, ``grad/max_layer_norm`` and ``grad/first_last_ratio`` (first
+    entry over the last, model order) of the epoch's mean norms; ``grad_mean_abs/<entry>``
+    of the last batch when per-layer metrics are on (at most ``max_layer_metrics``
+    entries). At train end ``gradients/history.npz`` (every matrix below), the same as CSV,
+    and a [entry x step] heatmap.
 
     Args:
         every_n_steps: read interval in optimizer steps (each read syncs the device).
@@ -58,6 +63,11 @@ class GradientLogger(keras.callbacks.Callback):
         per_layer_metrics: ``"auto"`` (on when there are at most ``max_layer_metrics``
             entries), True or False. Defaults to ``"auto"``.
         max_layer_metrics: the "auto" limit. Defaults to 100.
+        max_tensors: above this many labelled tensors, aggregate into groups. Defaults
+            to 1000.
+        group: ``callable(label) -> group name`` for the aggregation. Defaults to cutting
+            the label's path back ("stage_1/block_7/dwconv/kernel" -> "stage_1/block_7/dwconv"
+            -> "stage_1/block_7") until at most ``max_tensors`` groups remain.
         log_to_mlflow: send metrics and artifacts to the active MLflow run. Defaults to
             True.
     """
@@ -68,6 +78,8 @@ class GradientLogger(keras.callbacks.Callback):
         labels: Callable[[Any], str | None] | None = None,
         per_layer_metrics: bool | str = "auto",
         max_layer_metrics: int = 100,
+        max_tensors: int = 1000,
+        group: Callable[[str], str] | None = None,
         log_to_mlflow: bool = True,
     ) -> None:
         super().__init__()
@@ -78,18 +90,23 @@ class GradientLogger(keras.callbacks.Callback):
                 "per_layer_metrics must be 'auto', True or False. "
                 f"Received: per_layer_metrics={per_layer_metrics!r}"
             )
+        if int(max_tensors) < 1:
+            raise ValueError(f"max_tensors must be >= 1. Received: max_tensors={max_tensors}")
         self.every_n_steps = int(every_n_steps)
         self.labels = labels
         self.per_layer_metrics = per_layer_metrics
         self.max_layer_metrics = int(max_layer_metrics)
+        self.max_tensors = int(max_tensors)
+        self.group = group
         self.log_to_mlflow = log_to_mlflow
         self._capture: GradientCapture | None = None
-        self._reset([], np.zeros(0, int))
+        self._reset([], np.zeros(0, int), None)
 
     # === State ===
 
-    def _reset(self, labels: list[str], index: np.ndarray) -> None:
-        self._labels, self._index = labels, index
+    def _reset(self, labels: list[str], index: np.ndarray,
+               groups: tuple[np.ndarray, np.ndarray] | None) -> None:
+        self._labels, self._index, self._groups = labels, index, groups
         self._epochs: list[int] = []
         self._epoch_rows: dict[str, list[np.ndarray]] = {
             k: [] for k in ("last_mean_abs", "last_norm", "mean_mean_abs", "mean_norm")
@@ -101,21 +118,21 @@ class GradientLogger(keras.callbacks.Callback):
         }
         self._count = 0  # optimizer steps done before the current epoch
         self._last_row_count = 0
-        self._pending: dict[int, dict[str, float]] = {}  # MLflow rows until the epoch end
 
     @property
     def history(self) -> dict[str, Any]:
-        """The gradients recorded by the last ``fit``, as numpy arrays.
+        """The gradients recorded by the last ``fit``, as numpy arrays (float32 matrices).
 
-        Keys: ``labels``; ``epochs`` [E]; ``last_mean_abs``, ``last_norm`` [E x L] (the
-        epoch's last batch); ``mean_mean_abs``, ``mean_norm`` [E x L] (mean over all the
-        epoch's steps); ``epoch_steps`` [E]; ``steps`` [S] (0-based optimizer step);
-        ``step_norms``, ``step_mean_abs`` [S x L]; ``global_norm``, ``clip_factor`` [S].
+        Keys: ``labels`` (entries, or groups when aggregated); ``epochs`` [E];
+        ``last_mean_abs``, ``last_norm`` [E x L] (the epoch's last batch);
+        ``mean_mean_abs``, ``mean_norm`` [E x L] (mean over all the epoch's steps);
+        ``epoch_steps`` [E]; ``steps`` [S] (0-based optimizer step); ``step_norms``,
+        ``step_mean_abs`` [S x L]; ``global_norm``, ``clip_factor`` [S].
         """
         n = len(self._labels)
 
         def matrix(rows: list) -> np.ndarray:
-            return np.array(rows, "float64").reshape(len(rows), n)
+            return np.array(rows, "float32").reshape(len(rows), n)
 
         out: dict[str, Any] = {"labels": list(self._labels)}
         out["epochs"] = np.array(self._epochs, int)
@@ -161,7 +178,11 @@ class GradientLogger(keras.callbacks.Callback):
                 index.append(i)
         if len(set(labels)) != len(labels):
             raise ValueError(f"GradientLogger labels must be unique. Received: labels={labels}")
-        self._reset(labels, np.array(index, int))
+        index = np.array(index, int)
+        groups = None
+        if len(labels) > self.max_tensors:
+            labels, groups = self._grouping(labels, capture.sizes[index])
+        self._reset(labels, index, groups)
         self._count = int(keras.ops.convert_to_numpy(capture.iterations))
         self._last_row_count = self._count
 
@@ -183,19 +204,16 @@ class GradientLogger(keras.callbacks.Callback):
         self._epochs.append(int(epoch))
         self._epoch_steps.append(steps)
         rows = self._epoch_rows
-        rows["last_mean_abs"].append(values["last_mean_abs"][self._index])
-        rows["last_norm"].append(values["last_norm"][self._index])
+        last_norm, last_mean = self._entries(values["last_norm"], values["last_mean_abs"])
         denominator = max(steps, 1)
-        rows["mean_mean_abs"].append(values["sum_mean_abs"][self._index] / denominator)
-        rows["mean_norm"].append(values["sum_norm"][self._index] / denominator)
-        if self.log_to_mlflow and self.per_layer_enabled:
-            metrics = {}
-            for j, label in enumerate(self._labels):
-                key = _KEY_CHARS.sub("_", label)
-                metrics[f"grad_mean_abs/{key}"] = rows["last_mean_abs"][-1][j]
-                metrics[f"grad_norm/{key}"] = rows["last_norm"][-1][j]
-            self._pending.setdefault(epoch, {}).update(metrics)
-        self._flush()
+        mean_norm, mean_mean = self._entries(values["sum_norm"] / denominator,
+                                             values["sum_mean_abs"] / denominator)
+        rows["last_norm"].append(last_norm)
+        rows["last_mean_abs"].append(last_mean)
+        rows["mean_norm"].append(mean_norm)
+        rows["mean_mean_abs"].append(mean_mean)
+        if self.log_to_mlflow and len(self._labels):
+            self._log_epoch(epoch, values, last_mean, mean_norm)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.log_to_mlflow and self._labels:
@@ -226,6 +244,33 @@ class GradientLogger(keras.callbacks.Callback):
                            "clip_factor": h["clip_factor"].tolist()}
         self._count, self._last_row_count = int(state["count"]), int(state["last_row_count"])
 
+    # === Entries and groups ===
+
+    def _grouping(self, labels: list[str], sizes: np.ndarray
+                  ) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
+        """Group names in model order, and per labelled tensor (group index, size)."""
+        names = list(labels)
+        if self.group is not None:
+            names = [self.group(label) for label in labels]
+        else:
+            while len(dict.fromkeys(names)) > self.max_tensors and any("/" in n for n in names):
+                names = [n.rsplit("/", 1)[0] if "/" in n else n for n in names]
+        order = list(dict.fromkeys(names))
+        position = {name: i for i, name in enumerate(order)}
+        return order, (np.array([position[n] for n in names]), np.asarray(sizes, "float64"))
+
+    def _entries(self, norms: np.ndarray, mean_abs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-entry (norm, mean |g|) of the labelled tensors, aggregated into groups."""
+        norms, mean_abs = norms[self._index], mean_abs[self._index]
+        if self._groups is None:
+            return norms.astype("float32"), mean_abs.astype("float32")
+        which, sizes = self._groups
+        n = len(self._labels)
+        squares = np.bincount(which, norms.astype("float64") ** 2, minlength=n)
+        totals = np.bincount(which, mean_abs * sizes, minlength=n)
+        counts = np.bincount(which, sizes, minlength=n)
+        return np.sqrt(squares).astype("float32"), (totals / counts).astype("float32")
+
     # === Reading and logging ===
 
     def _read(self) -> dict[str, np.ndarray]:
@@ -235,37 +280,41 @@ class GradientLogger(keras.callbacks.Callback):
 
     def _step_row(self, count: int, values: dict[str, np.ndarray]) -> None:
         self._last_row_count = count
-        step = count - 1  # 0-based index of the step whose gradients these are
-        norms = values["last_norm"][self._index]
-        clip = float(values["last_clip_factor"])
-        self._steps.append(step)
+        norms, mean_abs = self._entries(values["last_norm"], values["last_mean_abs"])
+        self._steps.append(count - 1)  # 0-based index of the step whose gradients these are
         self._step_rows["norm"].append(norms)
-        self._step_rows["mean_abs"].append(values["last_mean_abs"][self._index])
+        self._step_rows["mean_abs"].append(mean_abs)
         self._step_rows["global_norm"].append(float(values["last_global_norm"]))
-        self._step_rows["clip_factor"].append(clip)
-        if not self.log_to_mlflow or not len(norms):
-            return
-        metrics = {
-            "grad/global_norm": float(values["last_global_norm"]),
-            "grad/min_layer_norm": float(norms.min()),
-            "grad/max_layer_norm": float(norms.max()),
-        }
-        if norms[-1] > 0:
-            metrics["grad/first_last_ratio"] = float(norms[0] / norms[-1])
-        if self._capture.clipnorm_global is not None:
-            metrics["grad/clip_factor"] = clip
-        self._pending.setdefault(step, {}).update(metrics)
+        self._step_rows["clip_factor"].append(float(values["last_clip_factor"]))
 
-    def _flush(self) -> None:
+    def _log_epoch(self, epoch: int, values: dict[str, np.ndarray], last_mean: np.ndarray,
+                   mean_norm: np.ndarray) -> None:
         from depthlab import tracking
 
-        tracking.log_steps(self._pending)
-        self._pending = {}
+        metrics = {
+            "grad/global_norm": float(values["last_global_norm"]),
+            "grad/min_layer_norm": float(mean_norm.min()),
+            "grad/max_layer_norm": float(mean_norm.max()),
+        }
+        if mean_norm[-1] > 0:
+            metrics["grad/first_last_ratio"] = float(mean_norm[0] / mean_norm[-1])
+        if self._capture.clipnorm_global is not None:
+            metrics["grad/clip_factor"] = float(values["last_clip_factor"])
+        if self.per_layer_enabled:
+            for label, value in zip(self._labels, last_mean, strict=True):
+                metrics[f"grad_mean_abs/{_KEY_CHARS.sub('_', label)}"] = float(value)
+        tracking.log_metrics(metrics, step=epoch)
 
     def _log_artifacts(self) -> None:
+        import tempfile
+
         from depthlab import tracking
 
         h = self.history
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / "history.npz"
+            np.savez_compressed(file, **{k: np.asarray(v) for k, v in h.items()})
+            tracking.log_file(file, "gradients")
         tables = {
             "step_norms": ("step", h["steps"], h["step_norms"]),
             "step_mean_abs": ("step", h["steps"], h["step_mean_abs"]),
@@ -280,7 +329,7 @@ class GradientLogger(keras.callbacks.Callback):
         text = _csv("step", h["steps"], ["global_norm", "clip_factor"], summary)
         tracking.log_text(text, "gradients/step_summary.csv")
         if len(h["steps"]):
-            figure = heatmap(h["steps"], h["labels"], h["step_norms"])
+            figure = plots.gradient_heatmap(h["steps"], h["labels"], h["step_norms"])
             tracking.log_figure(figure, "gradients/norms_heatmap.png")
 
 
@@ -292,26 +341,3 @@ def _csv(index_name: str, index: np.ndarray, labels: list[str], matrix: np.ndarr
     for i, row in zip(index, matrix, strict=True):
         writer.writerow([int(i), *(format(v, ".9g") for v in row)])
     return buffer.getvalue()
-
-
-def heatmap(steps: np.ndarray, labels: list[str], norms: np.ndarray) -> Any:
-    """A [label x step] heatmap of log10 gradient norm (zeros left blank).
-
-    Built on ``matplotlib.figure.Figure`` (Agg rendering, no pyplot state).
-    """
-    from matplotlib.figure import Figure
-
-    with np.errstate(divide="ignore"):
-        image = np.ma.masked_invalid(np.log10(np.asarray(norms, "float64").T))
-    height = min(2.0 + 0.15 * len(labels), 20.0)
-    figure = Figure(figsize=(8.0, height), layout="constrained")
-    axes = figure.add_subplot()
-    mesh = axes.imshow(image, aspect="auto", interpolation="nearest", cmap="viridis")
-    ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).astype(int)
-    axes.set_xticks(ticks, [str(steps[t]) for t in ticks])
-    if len(labels) <= 60:
-        axes.set_yticks(range(len(labels)), labels, fontsize=6)
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("variable (model order)")
-    figure.colorbar(mesh, ax=axes, label="log10 ||grad||")
-    return figure

@@ -214,6 +214,7 @@ def split_batches(
     augment: bool = True,
     seed: int = 0,
     shuffle_eval: bool = False,
+    repeat_train: bool = False,
     **kwargs,
 ) -> dict[str, ImageBatches]:
     """The recipe's pipelines: train shuffled (and augmented), val/test never augmented.
@@ -227,6 +228,8 @@ def split_batches(
         seed: pipeline seed. Defaults to 0.
         shuffle_eval: shuffle val/test too (the coursework does; metrics are means).
             Defaults to False.
+        repeat_train: the training batches as an endless stream (``ImageBatches(repeat=True)``)
+            for ``fit(steps_per_epoch=...)``. Defaults to False.
         **kwargs: passed to every :class:`ImageBatches` (``drop_last``, ``workers``...).
 
     Returns:
@@ -247,6 +250,7 @@ def split_batches(
             augment=augment and train,
             shuffle=train or shuffle_eval,
             seed=seed,
+            repeat=train and repeat_train,
             **kwargs,
         )
     return out

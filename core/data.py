@@ -9,9 +9,9 @@ fails the loader raises :class:`DataNotFoundError` within seconds. A damaged fil
 bit-flipped, wrong keys, shapes or dtypes, content digest mismatch) raises
 :class:`DataCorruptError` on its first read, checked once per file version (:data:`SCHEMAS`).
 
-Loaders return numpy arrays (uint8 images, int64 labels) in a frozen :class:`Dataset`.
-The per-image augmentation pipeline is :class:`depthlab.augment.ImageBatches` (also
-importable from here).
+Loaders return numpy arrays (uint8 images, int64 labels) in a frozen :class:`Dataset`;
+:func:`depthlab.augment.split_batches` turns one into the batches ``fit`` reads. This
+module imports no Keras.
 """
 
 from __future__ import annotations
@@ -559,25 +559,44 @@ def _cifar_name(num_classes: int) -> str:
     return f"cifar{num_classes}"
 
 
-def cifar_indices(part: str, split: str = "coursework") -> np.ndarray:
-    """Indices of a split's images in the file they come from (SPEC §3.3).
+SPLITS = ("coursework", "official", "head")
+
+
+def cifar_parts(split: str = "coursework", train_images: int = 0, val_images: int = 0,
+                test_images: int = 0) -> dict[str, tuple[str, np.ndarray]]:
+    """Each part's (file part, indices into it): the one definition of the CIFAR splits.
 
     Args:
-        part: "train" or "val" (into the training file) or "test" (into the test file).
-        split: "coursework": train = ``RandomState(0).choice(50000, 47500, replace=False)``
-            in that order, val = the other 2,500 ascending; "official": train = all 50,000,
-            no val. Test is the file order in both. Defaults to "coursework".
+        split: "coursework" (SPEC §3.3): train = ``RandomState(0).choice(50000, 47500,
+            replace=False)`` in that order, val = the other 2,500 ascending; "official":
+            train = all 50,000, no val; "head" (the VGG quick profile, SPEC §3.5): train =
+            the first ``train_images`` of the training file in file order, val = the
+            coursework validation images outside that head (the first 2,048 hold 95 of
+            them: train and val stay disjoint). Test is the test file's order in all.
+        train_images, val_images, test_images: keep the first N of the part; 0 keeps all.
+
+    Returns:
+        {"train": ("train", idx), "val": ("train", idx), "test": ("test", idx)}.
     """
-    if split not in ("coursework", "official"):
-        raise ValueError(f'split must be "coursework" or "official". Received: {split=}')
-    if part == "test":
-        return np.arange(10_000)
-    if part not in ("train", "val"):
-        raise ValueError(f'part must be "train", "val" or "test". Received: {part=}')
-    if split == "official":
-        return np.arange(50_000) if part == "train" else np.arange(0)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}. Received: {split=}")
     train = _coursework_train()
-    return train if part == "train" else np.setdiff1d(np.arange(50_000), train)
+    val = np.setdiff1d(np.arange(50_000), train)
+    if split == "official":
+        train, val = np.arange(50_000), np.arange(0)
+    elif split == "head":
+        train, val = np.arange(train_images), val[val >= train_images]
+    counts = {"train": train_images, "val": val_images, "test": test_images}
+    parts = {"train": ("train", train), "val": ("train", val), "test": ("test", np.arange(10_000))}
+    return {part: (source, idx[: counts[part]] if counts[part] else idx)
+            for part, (source, idx) in parts.items()}
+
+
+def cifar_indices(part: str, split: str = "coursework") -> np.ndarray:
+    """Indices of one part of a split in the file it comes from (see :func:`cifar_parts`)."""
+    if part not in ("train", "val", "test"):
+        raise ValueError(f'part must be "train", "val" or "test". Received: {part=}')
+    return cifar_parts(split)[part][1]
 
 
 @functools.lru_cache(maxsize=1)
@@ -626,32 +645,37 @@ def cifar_images(num_classes: int, source: str, indices: Sequence[int] | np.ndar
 
 
 def cifar_split(num_classes: int, part: str, split: str = "coursework") -> Split:
-    """One split's images and labels; fails at once beyond a partial copy (SPEC §0.5).
-
-    The gathered arrays are cached per process (read-only), like the stored ones.
-    """
-    return _cifar_split(num_classes, part, split, _stamp(_cifar_name(num_classes)))
+    """One part of a split, all its images; fails at once beyond a partial copy."""
+    dataset = cifar(num_classes, split)
+    return dataset.val if part == "val" else getattr(dataset, part)
 
 
-@functools.lru_cache(maxsize=6)
-def _cifar_split(num_classes: int, part: str, split: str, stamp: tuple) -> Split:
-    source = "test" if part == "test" else "train"
-    idx = cifar_indices(part, split)
-    x = cifar_images(num_classes, source, idx)
-    y = cifar_labels(num_classes, source)[idx]
-    x.flags.writeable = y.flags.writeable = False
-    return Split(x, y)
+def cifar(num_classes: int = 10, split: str = "coursework", train_images: int = 0,
+          val_images: int = 0, test_images: int = 0) -> Dataset:
+    """CIFAR-10/100 with a split of :func:`cifar_parts` (fine labels for CIFAR-100).
 
-
-def cifar(num_classes: int = 10, split: str = "coursework") -> Dataset:
-    """CIFAR-10/100 with the coursework or official split (SPEC §3.3); fine labels for 100.
+    Only the images the parts hold are read, so a partial offline copy serves what it holds
+    and fails at once beyond it; the arrays are cached per process (read-only).
 
     Raises:
-        PartialDataError: the resolved copy is partial (the offline CIFAR-100).
+        PartialDataError: the request reaches beyond a partial copy (the offline CIFAR-100).
     """
     name = _cifar_name(num_classes)
-    parts = {p: cifar_split(num_classes, p, split) for p in ("train", "test")}
-    val = cifar_split(num_classes, "val", split) if split == "coursework" else None
+    return _cifar(num_classes, split, train_images, val_images, test_images, _stamp(name))
+
+
+@functools.lru_cache(maxsize=4)
+def _cifar(num_classes: int, split: str, train_images: int, val_images: int,
+           test_images: int, stamp: tuple) -> Dataset:
+    name = _cifar_name(num_classes)
+    parts = {}
+    for part, (source, idx) in cifar_parts(split, train_images, val_images,
+                                           test_images).items():
+        x = cifar_images(num_classes, source, idx)
+        y = cifar_labels(num_classes, source)[idx]
+        x.flags.writeable = y.flags.writeable = False
+        parts[part] = Split(x, y)
+    val = parts["val"] if split != "official" else None
     return Dataset(name, parts["train"], val, parts["test"], num_classes, is_lossy(name))
 
 
@@ -668,12 +692,3 @@ def load(name: str, **kwargs: Any) -> Dataset:
     """Load a data set by name (``NAMES``), passing loader options on."""
     _check_name(name)
     return LOADERS[name](**kwargs)
-
-
-def __getattr__(attr: str) -> Any:
-    # The pipeline imports Keras; keep `import depthlab.data` free of it until needed.
-    if attr in ("ImageBatches", "CIFAR10_MEAN", "CIFAR10_STD"):
-        from depthlab import augment
-
-        return getattr(augment, attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -1,57 +1,167 @@
-"""Figures shared by the studies (matplotlib, Agg backend: no display needed)."""
+"""Every figure depthlab draws, in one place (matplotlib ``Figure`` objects, Agg rendering:
+no display, no pyplot state shared between jobs).
+
+Figures are drawn from numbers read back from MLflow (or from a job's arrays), so a table's
+figures can be redrawn from the store at any time.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+
+
+def _title(figure: Figure, text: str, width: int = 110) -> None:
+    """A suptitle wrapped to the figure instead of clipped at its edge."""
+    figure.suptitle("\n".join(textwrap.wrap(text, width)), fontsize=9)
 
 
 def gradient_flow(labels: Sequence[str], per_epoch: np.ndarray, title: str,
-                  ylabel: str = "mean |grad|") -> Figure:
-    """The course's gradient-flow plot (SPEC §3.1): layers in model order on x, linear y
-    from 0, one line per epoch (alpha 0.3).
+                  ylabel: str = "mean |grad|", epochs: Sequence[int] | None = None) -> Figure:
+    """The course's gradient-flow plot (SPEC §3.1) beside the same data on a log axis.
+
+    Top: layers in model order on x, linear y from 0, as the course draws it. Bottom: log
+    y, where VGG38's 1e-18 and BatchNorm's 0.4 both stay visible (on the linear axis both
+    read "0"). One line per epoch, coloured from early (light) to late (dark), with a legend.
 
     Args:
         labels: entry names in model order.
         per_epoch: array [epochs, len(labels)].
         title: figure title (names the model and the dataset).
+        ylabel: the quantity. Defaults to "mean |grad|".
+        epochs: the epoch of each row (1-based in the legend). Defaults to 0, 1, ...
     """
-    values = np.asarray(per_epoch, dtype=float)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(labels) + 2), 4.5), layout="constrained")
+    values = np.asarray(per_epoch, dtype=float).reshape(-1, len(labels))
+    epochs = list(range(len(values))) if epochs is None else list(epochs)
+    figure = Figure(figsize=(max(8.0, 0.15 * len(labels) + 2), 9.0), layout="constrained")
+    linear, log = figure.subplots(2, 1)
+    colours = matplotlib.colormaps["viridis"](np.linspace(0.85, 0.0, max(len(values), 1)))
     x = np.arange(len(labels))
-    for row in values:
-        ax.plot(x, row, alpha=0.3, color="tab:blue", linewidth=1)
-    ax.set_xticks(x, labels, rotation=90, fontsize=7)
-    ax.set_ylim(bottom=0)
-    ax.set_xlim(-0.5, len(labels) - 0.5)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    return fig
+    shown = set(np.linspace(0, len(values) - 1, min(len(values), 8)).astype(int))
+    for i, (row, colour) in enumerate(zip(values, colours, strict=False)):
+        label = f"epoch {epochs[i] + 1}" if i in shown else None
+        linear.plot(x, row, color=colour, linewidth=1, label=label)
+        log.plot(x, np.where(row > 0, row, np.nan), color=colour, linewidth=1)
+    for axes, scale in ((linear, "linear"), (log, "log")):
+        axes.set_xticks(x, labels if scale == "log" else [], rotation=90, fontsize=6)
+        axes.set_xlim(-0.5, len(labels) - 0.5)
+        axes.set_yscale(scale)
+        axes.set_ylabel(f"{ylabel} ({scale})")
+        axes.grid(True, alpha=0.3)
+    linear.set_ylim(bottom=0)
+    if len(values):
+        linear.legend(fontsize=7, title="epoch" if len(values) > 1 else None)
+    _title(figure, title)
+    return figure
+
+
+def gradient_flow_models(flows: Mapping[str, tuple[Sequence[str], np.ndarray]],
+                         title: str, ylabel: str = "mean |grad|") -> Figure:
+    """Several models' gradient flow on one log axis (e.g. five VGGs at initialisation).
+
+    Args:
+        flows: model name -> (labels in model order, values per label).
+        title: figure title.
+        ylabel: the quantity. Defaults to "mean |grad|".
+    """
+    figure = Figure(figsize=(10.0, 5.0), layout="constrained")
+    axes = figure.add_subplot()
+    for name, (labels, values) in flows.items():
+        values = np.asarray(values, dtype=float)
+        position = np.linspace(0.0, 1.0, len(labels)) if len(labels) > 1 else np.zeros(1)
+        axes.plot(position, np.where(values > 0, values, np.nan), marker=".", linewidth=1,
+                  label=f"{name} ({len(labels)} entries)")
+    axes.set_yscale("log")
+    axes.set_xlabel("depth: entry position in model order (input 0 → output 1)")
+    axes.set_ylabel(f"{ylabel} (log)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    _title(figure, title)
+    return figure
 
 
 def training_curves(history: Mapping[str, Sequence[float]], title: str) -> Figure:
     """Loss and accuracy vs epoch, train and validation (SPEC §3.1 Fig. 1)."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
-    for key, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
+    figure = Figure(figsize=(9, 3.8), layout="constrained")
+    for key, axes in zip(("loss", "accuracy"), figure.subplots(1, 2), strict=True):
         for prefix, style in (("", "-"), ("val_", "--")):
             values = history.get(prefix + key)
             if values:
-                ax.plot(np.arange(1, len(values) + 1), values, style,
-                        label="train" if not prefix else "val")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.suptitle(title, fontsize=9)
-    return fig
+                axes.plot(np.arange(1, len(values) + 1), values, style,
+                          label="train" if not prefix else "val")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(key)
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    _title(figure, title)
+    return figure
 
 
-def close(fig: Figure) -> None:
-    plt.close(fig)
+def gradient_heatmap(steps: np.ndarray, labels: Sequence[str], norms: np.ndarray) -> Figure:
+    """A [label x step] heatmap of log10 gradient norm (zeros left blank)."""
+    with np.errstate(divide="ignore"):
+        image = np.ma.masked_invalid(np.log10(np.asarray(norms, "float64").T))
+    height = min(2.0 + 0.15 * len(labels), 20.0)
+    figure = Figure(figsize=(8.0, height), layout="constrained")
+    axes = figure.add_subplot()
+    mesh = axes.imshow(image, aspect="auto", interpolation="nearest", cmap="viridis")
+    ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).astype(int)
+    axes.set_xticks(ticks, [str(steps[t]) for t in ticks])
+    if len(labels) <= 60:
+        axes.set_yticks(range(len(labels)), labels, fontsize=6)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("variable (model order)")
+    figure.colorbar(mesh, ax=axes, label="log10 ||grad||")
+    return figure
+
+
+def activation_statistics(stats: Mapping[str, np.ndarray], title: str = "") -> Figure:
+    """mean|h| and max|h| against layer index, log y (SPEC §4.1 Figs. 2–4)."""
+    figure = Figure(figsize=(7, 4))  # fixed margins: a layout engine doubles render time
+    figure.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.91)
+    axes = figure.add_subplot()
+    index = np.arange(1, len(stats["layer"]) + 1)
+    for key, label in (("mean_abs", "mean |h|"), ("max_abs", "max |h|")):
+        values = np.where(stats[key] > 0, stats[key], np.nan)
+        axes.plot(index, values, marker=".", label=label)
+    axes.set_yscale("log")
+    axes.set_xlabel("layer")
+    axes.set_ylabel("|h|")
+    axes.set_title(title)
+    axes.legend()
+    return figure
+
+
+def conditioning(kappas: Mapping[str, float], kappa_2_values: Sequence[float] | None = None,
+                 title: str = "") -> Figure:
+    """κ∞ per square kernel and, when given, κ2 per probed layer, log y (SPEC §4.1 Fig. 5).
+
+    Infinite values cannot be drawn on a log axis; their count is given in the legend.
+
+    Args:
+        kappas: ``{layer: κ∞}`` from :func:`depthlab.callbacks.conditioning.kernel_conditioning`.
+        kappa_2_values: κ2 per probed layer, or ``None``.
+        title: the figure title.
+    """
+    figure = Figure(figsize=(7, 4))  # fixed margins: a layout engine doubles render time
+    figure.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.91)
+    axes = figure.add_subplot()
+    series = [("κ∞(W), square kernels", np.array(list(kappas.values()), dtype=np.float64))]
+    if kappa_2_values is not None:
+        series.append(("κ2(H), probed layers", np.asarray(kappa_2_values, dtype=np.float64)))
+    for label, values in series:
+        n_inf = int(np.sum(np.isinf(values)))
+        finite = np.where(np.isfinite(values) & (values > 0), values, np.nan)
+        axes.plot(np.arange(1, len(values) + 1), finite, marker=".", label=f"{label} ({n_inf} ∞)")
+    axes.set_yscale("log")
+    axes.set_xlabel("layer")
+    axes.set_ylabel("condition number")
+    axes.set_title(title)
+    axes.legend()
+    return figure

@@ -37,11 +37,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.entities import Metric, RunStatus
-from mlflow.tracking import MlflowClient
+# MLflow 3 sends usage telemetry from a background thread: nothing leaves a researcher's
+# machine unasked, and no thread races the training loop for it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from depthlab import files
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, RunStatus, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from depthlab import files  # noqa: E402
 
 MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
 MAX_PARAM_LENGTH = 6000  # MLflow 3.x param value limit
@@ -50,6 +54,10 @@ MAX_PARAM_LENGTH = 6000  # MLflow 3.x param value limit
 TAG_CONFIG_HASH = "depthlab.config_hash"
 TAG_STATUS = "depthlab.status"  # finished | diverged | failed | killed | running
 TAG_LOCK = "depthlab.lock"  # the lock its process holds while the run is live
+TAG_NOTE = "mlflow.note.content"  # a run's description in the UI (Markdown)
+# The UI opens an experiment of this kind in its "Model training" view (runs, charts),
+# not the GenAI traces overview.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class StoreError(RuntimeError):
@@ -119,16 +127,19 @@ def experiment(name: str, root: str | os.PathLike | None = None) -> str:
     configure(root)
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = (store_root(root) / "artifacts" / name).as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by another command
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        location = (store_root(root) / "artifacts" / name).as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location,
+                                            tags=EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another command
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if not EXPERIMENT_KIND.items() <= found.tags.items():  # a store from an older version
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, str]:
@@ -252,6 +263,70 @@ def set_tags(tags: Mapping[str, str]) -> None:
         mlflow.set_tags(dict(tags))
 
 
+def set_run_tags(run_id: str | None, tags: Mapping[str, str]) -> None:
+    """Set tags on a run that may have ended (nothing when ``run_id`` is None)."""
+    if run_id is not None:
+        with contextlib.suppress(Exception):  # the store itself may be what failed
+            MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def finish(metrics: Mapping[str, float], status: str, message: str | None = None,
+           tags: Mapping[str, str] | None = None) -> None:
+    """A job's results, wall time and status in one write to the active run (step 0)."""
+    active = mlflow.active_run()
+    if active is None:
+        return
+    now = int(time.time() * 1000)
+    all_tags = {TAG_STATUS: status, **(tags or {})}
+    if message:
+        all_tags["depthlab.status_message"] = message
+    MlflowClient().log_batch(
+        active.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+
+
+def log_arrays(arrays: Mapping[str, Any], artifact_file: str) -> None:
+    """Log named numpy arrays as one ``.npz`` artifact of the active run."""
+    import tempfile
+
+    import numpy as np
+
+    if mlflow.active_run() is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / artifact_file
+        np.savez_compressed(file, **{k: np.asarray(v) for k, v in arrays.items()})
+        mlflow.log_artifact(str(file))
+
+
+def load_arrays(run_id: str, artifact_file: str) -> dict[str, Any]:
+    """The arrays :func:`log_arrays` stored in a run."""
+    import numpy as np
+
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_file)
+    with np.load(path, allow_pickle=False) as saved:
+        return {k: saved[k] for k in saved.files}
+
+
+def log_model(model: Any, artifact_dir: str = "model") -> None:
+    """Save a Keras model as ``<artifact_dir>/model.keras`` of the active run (reloadable
+    with ``keras.saving.load_model`` once depthlab's layers are imported)."""
+    import math
+    import tempfile
+
+    if mlflow.active_run() is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        size = sum(math.prod(v.shape) * 4 for v in model.weights)
+        files.ensure_space(tmp, 3 * size, "saving the trained model")
+        file = Path(tmp) / "model.keras"
+        from depthlab.backend import native_stderr_silenced
+
+        with native_stderr_silenced():  # Keras may load TensorFlow here, which talks
+            model.save(file)
+        mlflow.log_artifact(str(file), artifact_dir)
+
+
 def log_params(params: Mapping[str, str]) -> None:
     """Log params in batches (MLflow caps one call at 100 params)."""
     if mlflow.active_run() is None:
@@ -356,6 +431,12 @@ def log_figure(figure: Any, artifact_file: str) -> None:
     """Log a matplotlib figure as a PNG artifact (e.g. ``"plots/grad_flow.png"``)."""
     if mlflow.active_run() is not None:
         mlflow.log_figure(figure, artifact_file)
+
+
+def log_file(path: str | os.PathLike, artifact_dir: str | None = None) -> None:
+    """Log a local file as an artifact (under ``artifact_dir``)."""
+    if mlflow.active_run() is not None:
+        mlflow.log_artifact(str(path), artifact_dir)
 
 
 def log_text(text: str, artifact_file: str) -> None:

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from depthlab.backend.loops import scan_blocks
 from depthlab.layers.fractional import fgn, gp_smooth
 
 KINDS = ("res3", "res1")
@@ -107,26 +108,9 @@ def _sub_seed(seed: int | None, stream: int) -> list[int] | None:
     return None if seed is None else [int(seed), stream]
 
 
-def scan_blocks(block, h, stacked: tuple):
-    """h <- block(h, (x_k, ...)) for k = 0..L-1, x_k the k-th slice of each stacked tensor.
-
-    ``keras.ops.scan`` slices the weights inside one compiled loop (JAX, TensorFlow) and
-    its gradient stacks per-block slices: O(L d^2). Keras' torch ``scan`` indexes ``x[i]``,
-    whose backward writes a full-size zero tensor per block (O(L^2 d^2): ~9 s per step at
-    L=1000, d=40); ``unstack`` (torch ``unbind``) stacks its gradient once (~1 s). The
-    TensorFlow ``fori_loop`` with dynamic indexing has the same quadratic backward (~10 s
-    vs ~2 s for ``scan``). This is the one backend branch of the module.
-    """
-    if keras.backend.backend() == "torch":  # eager Python loop: unroll over unbind slices
-        for sliced in zip(*(ops.unstack(t, axis=0) for t in stacked), strict=True):
-            h = block(h, sliced)
-        return h
-    return ops.scan(lambda carry, sliced: (block(carry, sliced), None), h, stacked)[0]
-
-
 @keras.saving.register_keras_serializable(package="depthlab")
 class ScaledResidualStack(keras.layers.Layer):
-    """L residual blocks scaled by alpha_L = L^(-beta), run as one scan (:func:`scan_blocks`).
+    """L residual blocks scaled by alpha_L = L^(-beta), run as one scan (``scan_blocks``).
 
     res-3: h <- h + alpha_L V_k act(W_k h) (with biases: V_k act(W_k h + c_k) + b_k);
     res-1: h <- h + alpha_L (V_k act(h) + b_k) (SPEC §2.1-2.2). W, V of shape (L, d, d) and

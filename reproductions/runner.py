@@ -20,8 +20,20 @@ beside the paper's. The runner owns everything around a job, once for all studie
   job as FAILED "diverged at epoch e" and the sweep goes on; any other exception marks the
   run FAILED and the sweep goes on (exit code 1 at the end); Ctrl-C / SIGTERM mark it
   KILLED and stop; a full disk stops the table with one line;
+* between jobs the backend's memory is released; a job's precision policy
+  (``config.precision``, e.g. "mixed_bfloat16") is set for it and reset after; an
+  out-of-memory error is reported as such, with the peak; the peak device memory of each
+  job is logged where the backend exposes it;
+* a job returns scalars (``result/<name>`` metrics) and arrays (one ``results.npz``
+  artifact); the model a fit trained is kept as ``model/model.keras``;
 * the final "paper | ours | delta" table, with each row's run, commit and data digest,
-  printed and stored in MLflow and ``docs/results/``.
+  and the study's figures, built from the runs as the store holds them (skipped jobs and
+  new ones alike), printed and stored in the parent run (its description is the table)
+  and in ``docs/results/``.
+
+Unit of work: the runner costs ~60 ms per new job and ~6 ms per reused one on the 2-core
+CPU (``benchmarks/runner_overhead.py``), so a job should be at least seconds of compute:
+a grid study makes one job per grid row and vectorises the row inside it.
 
 Studies that never call ``fit`` (init-time simulations, diagnostics) use the same
 ``Context`` for metrics and artifacts and simply return their results.
@@ -44,8 +56,10 @@ from typing import Any
 from depthlab import files, report, tracking
 from depthlab.config import ConfigError
 
-RESULT_PREFIX = "result."
+RESULT_PREFIX = "result/"  # its own section in the MLflow UI, after the training curves
+ARRAYS_FILE = "results.npz"
 TAG_TABLE = "depthlab.table_id"
+TAG_ARRAYS = "depthlab.arrays"  # "1" when the run has a results.npz
 
 
 class Diverged(RuntimeError):
@@ -77,6 +91,7 @@ class Outcome:
     message: str = ""
     commit: str = ""
     data: str = ""
+    arrays: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +101,10 @@ class Study:
     Args:
         name: CLI name and MLflow experiment suffix ("vgg").
         profiles: profile name -> base config (frozen dataclass).
-        tables: table id -> function(config, rows or None) -> jobs, in table order.
-        execute: runs one job and returns its results (floats), e.g. final accuracies.
-        report: builds the comparison rows from (table id, base config, outcomes).
+        tables: table id -> function(config, rows or None, profile) -> jobs, in order.
+        execute: runs one job and returns its results: floats (e.g. final accuracies)
+            and numpy arrays (e.g. a per-layer or per-sample grid).
+        report: (table id, base config, outcomes, profile) -> the comparison rows.
         rows: table id -> all row keys, for ``--rows`` validation and ``--list``.
         tags: config -> extra run tags (dataset, lossy copy, ...).
         prepare: called with each job's config before any run starts; raises (e.g.
@@ -100,13 +116,15 @@ class Study:
             the job's identity).
         splits: config -> {"train"/"val"/"test": (source, indices into source)}; the runner
             refuses a job whose parts share an image (checked before any run).
+        figures: (table id, base config, outcomes, profile) -> {name: matplotlib figure},
+            drawn from the outcomes as the store holds them.
     """
 
     name: str
     profiles: Mapping[str, Any]
-    tables: Mapping[str, Callable[[Any, Sequence[str] | None], list[Job]]]
-    execute: Callable[[Job, Context], Mapping[str, float]]
-    report: Callable[[str, Any, list[Outcome]], list[report.Comparison]]
+    tables: Mapping[str, Callable[[Any, Sequence[str] | None, str], list[Job]]]
+    execute: Callable[[Job, Context], Mapping[str, Any]]
+    report: Callable[[str, Any, list[Outcome], str], list[report.Comparison]]
     rows: Mapping[str, Sequence[str]]
     tags: Callable[[Any], Mapping[str, str]] = lambda config: {}
     prepare: Callable[[Any], None] = lambda config: None
@@ -114,6 +132,8 @@ class Study:
     fixed: Mapping[str, Collection[str]] = dataclasses.field(default_factory=dict)
     datasets: Callable[[Any], Sequence[str]] = lambda config: ()
     splits: Callable[[Any], Mapping[str, tuple[str, Any]]] | None = None
+    figures: Callable[[str, Any, list[Outcome], str], Mapping[str, Any]] = (
+        lambda table, config, outcomes, profile: {})
 
 
 class Context:
@@ -128,6 +148,7 @@ class Context:
         self.echo = echo
         self.best: Any = None  # the BestWeights of the last fit with best_monitor
         self.weights_checked = False  # a fit ended with every weight checked finite
+        self.model: Any = None  # the model of the last fit, kept as an artifact
 
     log_metrics = staticmethod(tracking.log_metrics)
     log_figure = staticmethod(tracking.log_figure)
@@ -155,6 +176,7 @@ class Context:
         steps_per_epoch: int | None = None,
         backup_every_s: float = 60.0,
         max_loss: float | None = None,
+        keep_model: bool = True,
     ) -> dict[str, list[float]]:
         """Train with ``model.fit``, resumable per epoch, and return the per-epoch metrics.
 
@@ -172,6 +194,10 @@ class Context:
           MLflow), atomic, at an epoch end once ``backup_every_s`` have passed and after
           the last epoch; an interrupted job resumes from it. Metrics reach MLflow when a
           backup is committed (and at the end), so the store never holds an epoch twice.
+
+        With ``keep_model`` the runner saves the model, as the job leaves it (e.g. with
+        its best weights loaded), as the run's ``model/model.keras``: pass False for
+        models too large to keep.
 
         Returns:
             metric name -> per-epoch values of the whole run (resumed epochs included),
@@ -213,6 +239,7 @@ class Context:
         if guard.diverged:
             raise Diverged(guard.diverged_at, guard.reason)
         self.weights_checked = True
+        self.model = model if keep_model else None
         keys = ["loss", *logger.metric_names]
         return {k: self.metric_history(k) for k in dict.fromkeys(keys)}
 
@@ -249,7 +276,7 @@ def git_commit() -> str:
 
 
 def expand(study: Study, table: str, config: Any, rows: Sequence[str] | None = None,
-           overrides: Mapping[str, Any] | None = None) -> list[Job]:
+           overrides: Mapping[str, Any] | None = None, profile: str = "quick") -> list[Job]:
     """The jobs of a table, with the user's overrides applied over the rows' own values.
 
     Raises:
@@ -262,7 +289,7 @@ def expand(study: Study, table: str, config: Any, rows: Sequence[str] | None = N
             f"--set {', '.join(fixed)}: set by each row of table {table}, so it cannot be "
             f"overridden; pick rows with --rows instead (see --list)")
     jobs = []
-    for job in study.tables[table](config, rows):
+    for job in study.tables[table](config, rows, profile):
         final = dataclasses.replace(job.config, **overrides) if overrides else job.config
         if final != job.config:  # the user's value beats the row's: say so in the label
             name = study.label(job.key, final) if study.label else job.label
@@ -304,22 +331,25 @@ def run(
     """Run (or resume) every job of one table and report it; return the outcomes.
 
     Everything that can be checked before training is checked first: the overrides, the
-    data (``prepare``), disjoint splits, the store and the results folder.
+    store and the results folder, the data (``prepare``) and disjoint splits.
 
     Args:
         study: the study definition.
         table: table id (a key of ``study.tables``).
-        profile: profile name, recorded as a tag.
+        profile: profile name, passed to the study's tables, report and figures.
         config: the profile's config with the user's overrides applied.
         rows: row keys to run (None = all).
         overrides: the user's typed overrides, applied again over each row's values.
         rerun: recompute jobs that already finished (new runs), instead of reusing them.
-        results_dir: where the final table is written as Markdown and CSV (None: nowhere).
+        results_dir: where the final table and figures go (None: nowhere but MLflow).
         echo: where progress lines go.
+
+    Returns:
+        The outcomes in table order, as the store holds them.
     """
     from depthlab import backend
 
-    jobs = expand(study, table, config, rows, overrides)
+    jobs = expand(study, table, config, rows, overrides, profile)
     tracking.check_store()
     if results_dir is not None:
         files.check_writable(results_dir, "results folder (--results-dir)")
@@ -346,24 +376,25 @@ def run(
                           run_id=found[0].info.run_id if found else None,
                           tags={**env_tags, "depthlab.kind": "table", TAG_TABLE: table_id,
                                 tracking.TAG_LOCK: f"table-{table_id}"}):
-            outcomes: dict[int, Outcome] = {}
+            done: dict[int, Outcome] = {}
             busy = []
             for i, job in enumerate(jobs):
                 outcome = _run_job(study, job, experiment_id, env_tags, rerun, echo, wait=False)
                 if outcome is None:
                     busy.append(i)
                 else:
-                    outcomes[i] = outcome
+                    done[i] = outcome
             for i in busy:  # run by another command meanwhile: wait, then reuse or resume
-                outcomes[i] = _run_job(study, jobs[i], experiment_id, env_tags, False, echo,
-                                       wait=True)
-            ordered = [outcomes[i] for i in range(len(jobs))]
-            comparison = study.report(table, config, ordered)
-            _write_report(study, table, profile, env_tags, comparison, ordered, results_dir,
-                          echo)
+                done[i] = _run_job(study, jobs[i], experiment_id, env_tags, False, echo,
+                                   wait=True)
+            outcomes = [_reload(done[i]) for i in range(len(jobs))]  # as the store has them
+            comparison = study.report(table, config, outcomes, profile)
+            figures = study.figures(table, config, outcomes, profile)
+            _write_report(study, table, profile, env_tags, comparison, outcomes, figures,
+                          results_dir, echo)
     finally:
         table_lock.release()
-    return ordered
+    return outcomes
 
 
 def job_identity(study: Study, job: Job, env_tags: Mapping[str, str]) -> tuple[str, str]:
@@ -398,6 +429,8 @@ def _run_job(study: Study, job: Job, experiment_id: str, env_tags: Mapping[str, 
 
 def _run_locked(study: Study, job: Job, experiment_id: str, env_tags: Mapping[str, str],
                 digest: str, data: str, rerun: bool, echo: Callable[[str], None]) -> Outcome:
+    from depthlab.backend import memory
+
     previous = tracking.find_runs(experiment_id, {tracking.TAG_CONFIG_HASH: digest})
     done = [r for r in previous
             if r.data.tags.get(tracking.TAG_STATUS) in ("finished", "diverged")]
@@ -413,62 +446,131 @@ def _run_locked(study: Study, job: Job, experiment_id: str, env_tags: Mapping[st
         _clear_checkpoints(checkpoint_dir)  # nothing of an abandoned attempt is reused
     tags = {**env_tags, tracking.TAG_CONFIG_HASH: digest, tracking.TAG_STATUS: "running",
             tracking.TAG_LOCK: f"job-{digest}", "data_digest": data, "job": job.key,
-            "depthlab.kind": "job"}
+            "depthlab.kind": "job", tracking.TAG_NOTE: _job_note(study, job, env_tags)}
     if resume_id:
         echo(f"[{job.label}] resuming run {resume_id[:8]}")
     seed = getattr(job.config, "seed", None)
     start = time.perf_counter()
+    run_id = None
     try:
         with tracking.run(experiment_id, job.label, tags=tags,
                           params=tracking.flatten(job.config), run_id=resume_id,
                           nested=True) as active:
             run_id = active.info.run_id
-            if seed is not None:
-                from depthlab import backend
-
-                backend.set_seed(int(seed))
             if resume_id is None:
                 tracking.log_dict(dataclasses.asdict(job.config), "config.json")
             context = Context(study, job, run_id, checkpoint_dir, echo)
             try:
-                results = dict(study.execute(job, context))
+                returned = _execute(study, job, context, seed)
             except Diverged as error:
                 echo(f"[{job.label}] {error}; run marked FAILED, sweep continues")
-                tracking.log_metrics({"wall_time_s": time.perf_counter() - start}, step=0)
-                tracking.set_status("diverged", str(error))
+                tracking.finish({"wall_time_s": time.perf_counter() - start}, "diverged",
+                                str(error))
                 _clear_checkpoints(checkpoint_dir)
                 return Outcome(job, "diverged", {}, run_id, time.perf_counter() - start,
                                str(error), env_tags["git_commit"], data)
+            results, arrays = _split(returned)
             if context.weights_checked:
                 results.setdefault("weights_finite", 1.0)
+            if arrays:
+                tracking.log_arrays(arrays, ARRAYS_FILE)
+            if context.model is not None:
+                tracking.log_model(context.model, "model")
             wall = time.perf_counter() - start
-            tracking.log_metrics({**{RESULT_PREFIX + k: v for k, v in results.items()},
-                                  "wall_time_s": wall}, step=0)
-            tracking.set_status("finished")
+            extra = {"wall_time_s": wall}
+            peak = memory.peak_bytes()
+            if peak is not None:
+                extra["peak_device_memory_mb"] = peak / 2**20
+            tracking.finish({**{RESULT_PREFIX + k: v for k, v in results.items()}, **extra},
+                            "finished", tags={TAG_ARRAYS: "1"} if arrays else None)
     except KeyboardInterrupt:
         echo(f"[{job.label}] interrupted; run marked KILLED, resume by running again")
         raise
     except Exception as error:  # noqa: BLE001 - one failing row must not end the sweep
         if files.is_disk_full(error):
             raise  # every later job would fail the same way: stop with one line
-        import traceback
+        if memory.is_out_of_memory(error):
+            message = memory.describe_out_of_memory(error)
+            echo(f"[{job.label}] FAILED: {message}")
+        else:
+            import traceback
 
-        echo(f"[{job.label}] FAILED: {type(error).__name__}: {error}\n"
-             + "".join(traceback.format_exception(error)[-6:]).rstrip())
-        return Outcome(job, "failed", {}, None, time.perf_counter() - start,
-                       f"{type(error).__name__}: {error}", env_tags["git_commit"], data)
+            message = f"{type(error).__name__}: {error}"
+            echo(f"[{job.label}] FAILED: {message}\n"
+                 + "".join(traceback.format_exception(error)[-6:]).rstrip())
+        tracking.set_run_tags(run_id, {"depthlab.status_message": message})
+        return Outcome(job, "failed", {}, run_id, time.perf_counter() - start, message,
+                       env_tags["git_commit"], data)
+    finally:
+        memory.release()  # models, compiled steps, device memory: the next job starts clean
     _clear_checkpoints(checkpoint_dir)
-    return Outcome(job, "finished", results, run_id, wall, "", env_tags["git_commit"], data)
+    return Outcome(job, "finished", results, run_id, wall, "", env_tags["git_commit"], data,
+                   arrays)
+
+
+def _execute(study: Study, job: Job, context: Context, seed: int | None) -> Mapping[str, Any]:
+    """The study's ``execute`` with the job's seed and precision policy (reset after)."""
+    import keras
+
+    from depthlab import backend
+    from depthlab.backend import memory
+
+    memory.reset_peak()
+    if seed is not None:
+        backend.set_seed(int(seed))
+    policy = getattr(job.config, "precision", None)
+    try:
+        if policy:
+            keras.mixed_precision.set_global_policy(policy)
+        return study.execute(job, context)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _split(returned: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Scalars (``result/*`` metrics) and arrays (the ``results.npz`` artifact)."""
+    import numpy as np
+
+    scalars, arrays = {}, {}
+    for key, value in returned.items():
+        if np.ndim(value) == 0:
+            scalars[key] = float(value)
+        else:
+            arrays[key] = np.asarray(value)
+    return scalars, arrays
+
+
+def _job_note(study: Study, job: Job, env_tags: Mapping[str, str]) -> str:
+    """The job run's description in the MLflow UI."""
+    return (f"**{job.label}**: row `{job.key}` of {study.name} table {env_tags['table']} "
+            f"({env_tags['profile']} profile, {env_tags['backend']}). Training curves are "
+            "the metrics without a prefix (one point per epoch); the job's results are under "
+            "`result/`; its config is `config.json`; per-layer series and figures are "
+            "artifacts.")
 
 
 def _outcome_from_run(job: Job, found: Any, skipped: bool) -> Outcome:
     status = found.data.tags.get(tracking.TAG_STATUS, "finished")
     results = {k[len(RESULT_PREFIX):]: v for k, v in found.data.metrics.items()
                if k.startswith(RESULT_PREFIX)}
+    arrays = {}
+    if found.data.tags.get(TAG_ARRAYS) == "1":
+        arrays = tracking.load_arrays(found.info.run_id, ARRAYS_FILE)
     return Outcome(job, "skipped" if skipped and status == "finished" else status, results,
                    found.info.run_id, found.data.metrics.get("wall_time_s"),
                    found.data.tags.get("depthlab.status_message", ""),
-                   found.data.tags.get("git_commit", ""), found.data.tags.get("data_digest", ""))
+                   found.data.tags.get("git_commit", ""), found.data.tags.get("data_digest", ""),
+                   arrays)
+
+
+def _reload(outcome: Outcome) -> Outcome:
+    """The outcome as the store holds it (what the report and figures are built from)."""
+    if outcome.run_id is None or outcome.status == "skipped":
+        return outcome
+    from mlflow.tracking import MlflowClient
+
+    stored = _outcome_from_run(outcome.job, MlflowClient().get_run(outcome.run_id), False)
+    return dataclasses.replace(stored, status=outcome.status, message=outcome.message)
 
 
 def _clear_checkpoints(folder: Path) -> None:
@@ -491,22 +593,34 @@ def _jobs_table(outcomes: list[Outcome]) -> str:
 
 def _write_report(study: Study, table: str, profile: str, env_tags: Mapping[str, str],
                   rows: list[report.Comparison], outcomes: list[Outcome],
-                  results_dir: str | Path | None, echo: Callable[[str], None]) -> None:
+                  figures: Mapping[str, Any], results_dir: str | Path | None,
+                  echo: Callable[[str], None]) -> None:
     title = (f"{study.name} table {table}, profile {profile}, backend {env_tags['backend']}, "
              f"device {env_tags['device']}")
     echo("\n" + title + "\n" + report.text_table(rows))
     for outcome in outcomes:
         if outcome.status in ("failed", "diverged"):
             echo(f"  {outcome.job.label}: {outcome.status} ({outcome.message})")
-    meta = "\n".join(f"- {k}: {v}" for k, v in sorted(env_tags.items()))
-    markdown = (f"# {title}\n\n{report.markdown_table(rows)}\n\n## Runs\n\n"
-                f"{_jobs_table(outcomes)}\n\nEnvironment of this invocation:\n{meta}\n")
     stem = f"{study.name}_table{table}_{profile}_{env_tags['backend']}"
+    meta = "\n".join(f"- {k}: {v}" for k, v in sorted(env_tags.items()))
+    pictures = "".join(f"\n![{name}]({stem}_{name}.png)\n" for name in figures)
+    body = (f"{report.markdown_table(rows)}\n\n## Runs\n\n{_jobs_table(outcomes)}\n")
+    markdown = (f"# {title}\n\n{body}{pictures}\nEnvironment of this invocation:\n{meta}\n")
+    tracking.set_tags({tracking.TAG_NOTE: f"## {title}\n\n{body}\nFigures: "
+                       + (", ".join(f"`figures/{n}.png`" for n in figures) or "none")
+                       + " (artifacts of this run)."})
     tracking.log_text(markdown, f"{stem}.md")
     tracking.log_text(report.csv_table(rows), f"{stem}.csv")
+    for name, figure in figures.items():
+        tracking.log_figure(figure, f"figures/{name}.png")
     if results_dir is not None:
         folder = Path(results_dir)
         files.write_text(folder / f"{stem}.md", markdown)
         files.write_text(folder / f"{stem}.csv", report.csv_table(rows))
-        echo(f"table written to {folder / (stem + '.md')}")
+        for name, figure in figures.items():
+            files.ensure_space(folder, 4 << 20, f"the figure {name}")
+            with files.atomic_path(folder / f"{stem}_{name}.png", suffix=".png") as tmp:
+                figure.savefig(tmp, dpi=110)
+        echo(f"table written to {folder / (stem + '.md')}"
+             + (f" with {len(figures)} figure(s)" if figures else ""))
     sys.stdout.flush()

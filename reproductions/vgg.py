@@ -25,7 +25,6 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -112,8 +111,9 @@ def label(key: str, config: VGGConfig) -> str:
     return " ".join(parts) + f", lr {config.lr:g}"
 
 
-def table1_jobs(config: VGGConfig, rows: Sequence[str] | None) -> list[Job]:
-    quick = config.split == "head"
+def table1_jobs(config: VGGConfig, rows: Sequence[str] | None,
+                profile: str = "paper") -> list[Job]:
+    quick = profile == "quick"
     keys = rows or (list(QUICK_STEPS) if quick else list(ROWS))
     jobs = []
     for key in keys:
@@ -125,7 +125,8 @@ def table1_jobs(config: VGGConfig, rows: Sequence[str] | None) -> list[Job]:
     return jobs
 
 
-def init_jobs(config: VGGConfig, rows: Sequence[str] | None) -> list[Job]:
+def init_jobs(config: VGGConfig, rows: Sequence[str] | None,
+              profile: str = "quick") -> list[Job]:
     jobs = []
     for key in rows or INIT_ROWS:
         job_config = dataclasses.replace(config, **INIT_ROWS[key], epochs=1, steps_per_epoch=1,
@@ -138,59 +139,32 @@ def init_jobs(config: VGGConfig, rows: Sequence[str] | None) -> list[Job]:
 
 
 def split_indices(config: VGGConfig) -> dict[str, tuple[str, np.ndarray]]:
-    """Each part's (source file part, indices): train, val and test, disjoint.
-
-    ``coursework``: SPEC §3.3's split. ``head`` (quick, SPEC §3.5): the first
-    ``train_images`` of the training file in file order; its validation images are the
-    coursework validation images outside that head (the quick set's first 2,048 images
-    include 95 of them).
-    """
+    """Each part's (file part, indices), as :func:`depthlab.data.cifar_parts` defines
+    them: the coursework split (SPEC §3.3), or the quick profile's head of the training
+    file (SPEC §3.5) with validation images outside it."""
     from depthlab import data
 
-    val = data.cifar_indices("val", "coursework")
-    if config.split == "head":
-        train = np.arange(config.train_images)
-        val = val[val >= config.train_images]
-    else:
-        train = data.cifar_indices("train", "coursework")
-        train = train[: config.train_images] if config.train_images else train
-    val = val[: config.val_images] if config.val_images else val
-    test = data.cifar_indices("test")
-    test = test[: config.test_images] if config.test_images else test
-    return {"train": (f"{config.dataset}:train", train), "val": (f"{config.dataset}:train", val),
-            "test": (f"{config.dataset}:test", test)}
+    parts = data.cifar_parts(config.split, config.train_images, config.val_images,
+                             config.test_images)
+    return {part: (f"{config.dataset}:{source}", idx) for part, (source, idx) in parts.items()}
 
 
-def _images(config: VGGConfig):
-    """(train, val, test, num_classes) of the configured data: uint8 images, int labels."""
-    return _load(VGGConfig(dataset=config.dataset, split=config.split,
-                           train_images=config.train_images, val_images=config.val_images,
-                           test_images=config.test_images))
-
-
-@functools.lru_cache(maxsize=2)
-def _load(key: VGGConfig):
-    """Only the images a job uses are read, so a partial offline copy serves what it holds
-    and fails at once beyond it (``key``: a config holding just the data fields)."""
+def _dataset(config: VGGConfig):
+    """The job's images (only those it uses are read: a partial copy serves what it holds)."""
     from depthlab import data
 
-    num_classes = 100 if key.dataset == "cifar100" else 10
-    parts = {}
-    for part, (source, idx) in split_indices(key).items():
-        source = source.split(":")[1]
-        parts[part] = data.Split(data.cifar_images(num_classes, source, idx),
-                                 data.cifar_labels(num_classes, source)[idx])
-    return parts["train"], parts["val"], parts["test"], num_classes
+    return data.cifar(100 if config.dataset == "cifar100" else 10, config.split,
+                      config.train_images, config.val_images, config.test_images)
 
 
-def _batches(split, config: VGGConfig, train: bool):
-    from depthlab import data
+def _batches(config: VGGConfig, batch_size: int | None = None) -> dict:
+    """train / val / test batches: CIFAR-10 statistics for both CIFARs (SPEC §3.3), crop +
+    flip on training images only; a stream for exact step counts (quick profile)."""
+    from depthlab import augment
 
-    return data.ImageBatches(
-        split.x, split.y, batch_size=config.batch_size, mean=data.CIFAR10_MEAN,
-        std=data.CIFAR10_STD, augment=train and config.augment, shuffle=train, seed=config.seed,
-        repeat=train and config.steps_per_epoch > 0,  # exact step counts (quick profile)
-    )
+    return augment.split_batches(_dataset(config), batch_size or config.batch_size,
+                                 augment=config.augment, seed=config.seed,
+                                 repeat_train=config.steps_per_epoch > 0)
 
 
 def _model_and_optimizer(config: VGGConfig, num_classes: int, steps_per_epoch: int):
@@ -228,50 +202,41 @@ def _trainable_params(model) -> int:
     return int(sum(math.prod(v.shape) for v in model.trainable_weights))
 
 
-def execute_table1(job: Job, ctx: Context) -> dict[str, float]:
-    """Train one Table 1 row; return its last-epoch and best-checkpoint numbers."""
+def execute_table1(job: Job, ctx: Context) -> dict:
+    """Train one Table 1 row; return its last-epoch and best-checkpoint numbers, and its
+    gradient flow (mean |grad| of each epoch's last batch per entry) as arrays."""
     from depthlab import plots
     from depthlab.callbacks.step_loss import StepLoss
-    from depthlab.layers.vgg import gradient_flow_labels
 
     config = job.config
-    train, val, test, num_classes = _images(config)
-    train_batches = _batches(train, config, train=True)
-    steps = config.steps_per_epoch or len(train_batches)
-    model = _model_and_optimizer(config, num_classes, steps)
-    labels = [name for name, _ in gradient_flow_labels(model)]
-    step_loss = StepLoss(window=10)
-    history = ctx.fit(model, train_batches, epochs=config.epochs,
-                      validation=_batches(val, config, train=False),
-                      callbacks=[_grad_logger(config), step_loss],
-                      best_monitor="val_accuracy", steps_per_epoch=config.steps_per_epoch or None)
-    flow = np.array([ctx.metric_history(f"grad_mean_abs/{name}") for name in labels]).T
-    title = f"{job.label}: gradient flow ({_dataset_text(config)})"
-    ctx.log_text(_flow_csv(labels, flow), "gradient_flow.csv")
-    figure = plots.gradient_flow(labels, flow, title)
-    ctx.log_figure(figure, "gradient_flow.png")
-    plots.close(figure)
+    batches = _batches(config)
+    steps = config.steps_per_epoch or len(batches["train"])
+    model = _model_and_optimizer(config, _dataset(config).num_classes, steps)
+    step_loss, grads = StepLoss(window=10), _grad_logger(config)
+    history = ctx.fit(model, batches["train"], epochs=config.epochs, validation=batches["val"],
+                      callbacks=[grads, step_loss], best_monitor="val_accuracy",
+                      steps_per_epoch=config.steps_per_epoch or None)
+    labels, flow = grads.history["labels"], grads.history["last_mean_abs"]
     figure = plots.training_curves(history, f"{job.label} ({_dataset_text(config)})")
     ctx.log_figure(figure, "curves.png")
-    plots.close(figure)
     best_epoch = int(np.argmax(history["val_accuracy"])) if history.get("val_accuracy") else -1
     ctx.load_best(model)
-    test_metrics = model.evaluate(_batches(test, config, train=False), return_dict=True, verbose=0)
-    results = {
+    test_metrics = model.evaluate(batches["test"], return_dict=True, verbose=0)
+    return {
         "params": _trainable_params(model),
         "train_loss": history["loss"][-1],
-        "train_acc": 100 * history["accuracy"][-1],
+        "train_acc_pct": 100 * history["accuracy"][-1],
         "val_loss": history["val_loss"][-1],
-        "val_acc": 100 * history["val_accuracy"][-1],
+        "val_acc_pct": 100 * history["val_accuracy"][-1],
         "test_loss": float(test_metrics["loss"]),
-        "test_acc": 100 * float(test_metrics["accuracy"]),
+        "test_acc_pct": 100 * float(test_metrics["accuracy"]),
         "best_epoch": best_epoch,
         "last10_loss": step_loss.last_mean(10),
         "steps": step_loss.steps,
+        **_flow_extremes(labels, flow),
+        "gradient_flow": flow,  # [epochs x entries]
+        "gradient_flow_labels": np.array(labels),
     }
-    results.update({f"grad.{name}": float(v) for name, v in zip(labels, flow[-1], strict=True)})
-    results.update(_flow_extremes(labels, flow))
-    return results
 
 
 def _flow_extremes(labels: Sequence[str], flow: np.ndarray) -> dict[str, float]:
@@ -285,33 +250,59 @@ def _flow_extremes(labels: Sequence[str], flow: np.ndarray) -> dict[str, float]:
     return out
 
 
-def execute_init(job: Job, ctx: Context) -> dict[str, float]:
-    """Mean |grad| per entry after one train-mode forward/backward at init (SPEC §3.5 Q1)."""
-    from depthlab import data
-    from depthlab.layers.vgg import gradient_flow_labels
+def execute_init(job: Job, ctx: Context) -> dict:
+    """Mean |grad| per entry after one train-mode forward/backward at init (SPEC §3.5 Q1):
+    the first 100 training images in one batch, SGD(0) so nothing changes."""
+    from depthlab import augment
 
-    config = dataclasses.replace(job.config, batch_size=INIT_IMAGES, augment=False)
-    train, _, _, num_classes = _images(config)
-    first = data.Split(train.x[:INIT_IMAGES], train.y[:INIT_IMAGES])
-    model = _model_and_optimizer(config, num_classes, 1)
-    ctx.fit(model, _batches(first, config, train=False), epochs=1,
-            callbacks=[_grad_logger(config)])
-    labels = [name for name, _ in gradient_flow_labels(model)]
-    values = [ctx.metric_history(f"grad_mean_abs/{name}")[-1] for name in labels]
-    ctx.log_text(_flow_csv(labels, np.array([values])), "gradient_flow_init.csv")
-    return {f"grad.{name}": float(v) for name, v in zip(labels, values, strict=True)}
+    config = job.config
+    dataset = _dataset(config)
+    first = augment.ImageBatches(dataset.train.x[:INIT_IMAGES], dataset.train.y[:INIT_IMAGES],
+                                 batch_size=INIT_IMAGES, mean=augment.CIFAR10_MEAN,
+                                 std=augment.CIFAR10_STD)
+    model = _model_and_optimizer(config, dataset.num_classes, 1)
+    grads = _grad_logger(config)
+    ctx.fit(model, first, epochs=1, callbacks=[grads])
+    return {"gradient_flow": grads.history["last_mean_abs"],  # [1 x entries]
+            "gradient_flow_labels": np.array(grads.history["labels"])}
 
 
-def execute(job: Job, ctx: Context) -> dict[str, float]:
+def execute(job: Job, ctx: Context) -> dict:
     if job.config.task == "init_gradients":
         return execute_init(job, ctx)
     return execute_table1(job, ctx)
 
 
-def _flow_csv(labels: Sequence[str], flow: np.ndarray) -> str:
-    lines = ["epoch," + ",".join(labels)]
-    lines += [f"{e}," + ",".join(f"{v:.6e}" for v in row) for e, row in enumerate(flow)]
-    return "\n".join(lines) + "\n"
+def flow(outcome: Outcome) -> dict[str, float]:
+    """The last epoch's gradient flow of an outcome: entry -> mean |grad| ({} if none)."""
+    arrays = outcome.arrays
+    if "gradient_flow" not in arrays:
+        return {}
+    labels = [str(v) for v in arrays["gradient_flow_labels"]]
+    return dict(zip(labels, map(float, arrays["gradient_flow"][-1]), strict=True))
+
+
+def figures(table: str, config: VGGConfig, outcomes: list[Outcome],
+            profile: str) -> dict:
+    """The study's headline plots, from the stored arrays: the gradient flow of each
+    Table 1 row per epoch (course-style linear panel and a log panel), and the five
+    models' gradient flow at initialisation on one log axis."""
+    from depthlab import plots
+
+    data_text = _dataset_text(config)
+    shown = {o.job.key: o for o in outcomes if "gradient_flow" in o.arrays}
+    if table == "init":
+        if not shown:
+            return {}
+        flows = {o.job.label: ([str(v) for v in o.arrays["gradient_flow_labels"]],
+                               o.arrays["gradient_flow"][-1]) for o in shown.values()}
+        return {"gradient_flow_init": plots.gradient_flow_models(
+            flows, f"Gradient flow at initialisation: mean |grad| per entry after one "
+                   f"train-mode step on {INIT_IMAGES} images ({data_text}, {profile})")}
+    return {f"gradient_flow_{key}": plots.gradient_flow(
+        [str(v) for v in o.arrays["gradient_flow_labels"]], o.arrays["gradient_flow"],
+        f"{o.job.label}: gradient flow, mean |grad| of each epoch's last batch ({data_text})")
+        for key, o in shown.items()}
 
 
 def _dataset_text(config: VGGConfig) -> str:
@@ -332,20 +323,23 @@ def tags(config: VGGConfig) -> dict[str, str]:
 
 # --- report ------------------------------------------------------------------------------
 
+# (our result, the paper's key in vgg_paper.json, column, decimals)
 TABLE1_METRICS = (
-    ("params", "#params", 0), ("train_loss", "train loss", 3), ("train_acc", "train acc %", 2),
-    ("val_loss", "val loss", 3), ("val_acc", "val acc %", 2), ("test_acc", "test acc %", 2),
+    ("params", "params", "#params", 0), ("train_loss", "train_loss", "train loss", 3),
+    ("train_acc_pct", "train_acc", "train acc %", 2), ("val_loss", "val_loss", "val loss", 3),
+    ("val_acc_pct", "val_acc", "val acc %", 2), ("test_acc_pct", "test_acc", "test acc %", 2),
 )
 
 
-def report(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Comparison]:
+def report(table: str, config: VGGConfig, outcomes: list[Outcome],
+           profile: str = "paper") -> list[Comparison]:
     """paper | ours | delta per row and metric; course values as the second reference.
 
     In the quick profile the comparable reference is the spec's calibration of the same
     check (last-10-step training loss, SPEC §3.5), listed first for each row.
     """
     paper = paper_numbers()
-    quick = config.split == "head"
+    quick = profile == "quick"
     if quick:
         caveat = "quick profile, CIFAR-10 subset: not comparable to the paper"
     else:
@@ -365,7 +359,7 @@ def report(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Compa
                 "; ".join([f"spec §3.5 calibration, seeds 0/1/2: {seeds}; ln 10 = 2.303",
                            *status]), digits=3))
         ref = paper["rows"][outcome.job.key]
-        for key, metric, digits in TABLE1_METRICS:
+        for ours, key, metric, digits in TABLE1_METRICS:
             notes = [caveat] if caveat and key != "params" else []
             paper_value, paper_text = ref.get(key), ref.get(f"{key}_text")
             if key == "params":  # the paper's "60 K" and the exact count for our head
@@ -377,19 +371,22 @@ def report(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Compa
             if course is not None:
                 notes.append(f"course CSV: {course}")
             rows.append(Comparison(outcome.job.label, metric, paper_value,
-                                   outcome.results.get(key), "; ".join(notes + status),
+                                   outcome.results.get(ours), "; ".join(notes + status),
                                    paper_text, digits))
-    return rows + claims(table, config, outcomes)
+    return rows + claims(table, config, outcomes, profile)
 
 
 # --- claims ------------------------------------------------------------------------------
 
 
-def claims(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Comparison]:
+def claims(table: str, config: VGGConfig, outcomes: list[Outcome],
+           profile: str = "paper") -> list[Comparison]:
     """The study's qualitative claims checked on the rows that ran (SPEC §3.5): Q1-Q4 in
     the quick profile, the paper profile's acceptance on CIFAR-100, and the stand-in's on
-    CIFAR-10. A claim whose rows did not run is left out."""
-    got = {o.job.key: o.results for o in outcomes if o.results}
+    CIFAR-10. A claim whose rows did not run is left out; one whose row did not finish
+    fails. Each row's numbers: its results, and its last gradient flow as ``grad.<entry>``."""
+    got = {o.job.key: {**o.results, **{f"grad.{k}": v for k, v in flow(o).items()}}
+           for o in outcomes if o.results or o.arrays}
     names = {o.job.key: o.job.label for o in outcomes}
     # A row that did not train to its end with finite weights supports no claim about it.
     lost = [claim(f"{o.job.label} trained to the end, weights finite", None, False,
@@ -397,7 +394,7 @@ def claims(table: str, config: VGGConfig, outcomes: list[Outcome]) -> list[Compa
             for o in outcomes if o.status not in ("finished", "skipped")]
     if table == "init":
         return lost + _init_claims(got, names)
-    if config.split == "head":
+    if profile == "quick":
         return lost + _quick_claims(got, outcomes)
     if config.dataset == "cifar10":
         return lost + _stand_in_claims(got)
@@ -455,7 +452,7 @@ def _chance_claims(plain: Mapping[str, float], classes: int, max_acc: float,
     if "train_loss" not in plain:
         return []
     ln = math.log(classes)
-    acc = max(plain["train_acc"], plain["val_acc"], plain["test_acc"])
+    acc = max(plain["train_acc_pct"], plain["val_acc_pct"], plain["test_acc_pct"])
     finite = plain.get("weights_finite") == 1.0  # NaN weights can read as chance level
     return [claim(f"VGG38 {part} loss within ±0.02 of ln {classes}, weights finite",
                   plain[f"{part}_loss"],
@@ -479,10 +476,10 @@ def _paper_claims(got: Mapping[str, Mapping], names: Mapping[str, str]) -> list[
             low = got[key]["grad_min"]
             out.append(claim(f"{names[key]}: min mean|grad|, every epoch", low,
                              low > 1e-6, "> 1e-6", source))
-    trained = {k: v for k, v in got.items() if k != "vgg38" and "val_acc" in v}
+    trained = {k: v for k, v in got.items() if k != "vgg38" and "val_acc_pct" in v}
     for key, row in trained.items():
         ref = paper[key]
-        acc = max(abs(row[m] - ref[m]) for m in ("train_acc", "val_acc"))
+        acc = max(abs(row[f"{m}_pct"] - ref[m]) for m in ("train_acc", "val_acc"))
         loss = max(abs(row[m] - ref[m]) for m in ("train_loss", "val_loss"))
         name = names[key]
         out += [claim(f"{name}: max |acc - paper| (train, val)", acc, acc <= 4, "≤ 4", source,
@@ -490,18 +487,18 @@ def _paper_claims(got: Mapping[str, Mapping], names: Mapping[str, str]) -> list[
                 claim(f"{name}: max |loss - paper| (train, val)", loss, loss <= 0.2, "≤ 0.2",
                       source)]
     if trained:
-        low = min(v["val_acc"] for v in trained.values())
+        low = min(v["val_acc_pct"] for v in trained.values())
         out.append(claim("every trained row: min val acc %", low, low >= 40, "≥ 40", source,
                          digits=2))
-    val = {k: v["val_acc"] for k, v in trained.items()}
+    val = {k: v["val_acc_pct"] for k, v in trained.items()}
     bnrc = [val[k] for k in ("vgg38_bnrc_1e-3", "vgg38_bnrc_1e-2") if k in val]
     bn = [val[k] for k in ("vgg38_bn_1e-2", "vgg38_bn_1e-3") if k in val]
     if bnrc and bn and "vgg38_rc" in val:
         ordered = max(bnrc) > val["vgg38_rc"] > max(bn)
         out.append(claim(f"val acc BN+RC {max(bnrc):.2f} > RC {val['vgg38_rc']:.2f} > "
                          f"BN {max(bn):.2f}", None, ordered, "ordered", source))
-    if "test_acc" in got.get("vgg38_bnrc_1e-2", {}):
-        test = got["vgg38_bnrc_1e-2"]["test_acc"]
+    if "test_acc_pct" in got.get("vgg38_bnrc_1e-2", {}):
+        test = got["vgg38_bnrc_1e-2"]["test_acc_pct"]
         out.append(claim("VGG38 BN+RC, lr 0.01: test acc %", test, abs(test - 61.09) <= 4,
                          "61.09 ± 4", source, digits=2))
     return out
@@ -510,7 +507,7 @@ def _paper_claims(got: Mapping[str, Mapping], names: Mapping[str, str]) -> list[
 def _stand_in_claims(got: Mapping[str, Mapping]) -> list[Comparison]:
     source = "SPEC §3.5 stand-in acceptance (UNVERIFIED in the spec)"
     out = _chance_claims(got.get("vgg38", {}), 10, 11.0, source)
-    val = {k: v["val_acc"] for k, v in got.items() if k != "vgg38" and "val_acc" in v}
+    val = {k: v["val_acc_pct"] for k, v in got.items() if k != "vgg38" and "val_acc_pct" in v}
     if val:
         low = min(val.values())
         out.append(claim("every row but VGG38: min val acc %", low, low >= 60, "≥ 60", source,
@@ -526,9 +523,9 @@ def _stand_in_claims(got: Mapping[str, Mapping]) -> list[Comparison]:
 
 
 def _init_rows(outcome: Outcome, reference: Mapping[str, list[float]]) -> list[Comparison]:
-    results = outcome.results
-    first = results.get("grad.input_conv_conv_0")
-    logit = results.get("grad.weight_logit_linear_layer")
+    results = flow(outcome)
+    first = results.get("input_conv_conv_0")
+    logit = results.get("weight_logit_linear_layer")
     seeds = reference.get(outcome.job.key, [])
     note = ("spec Q1 (torch, MNIST, seeds 0/1/2): " + " / ".join(f"{v:.2g}" for v in seeds)
             if seeds else "")
@@ -545,17 +542,19 @@ def prepare(config: VGGConfig) -> None:
     from depthlab import data
 
     num_classes = 100 if config.dataset == "cifar100" else 10
-    total = len(data.cifar_labels(num_classes, "train"))
-    limits = {"train_images": total if config.split == "head" else
-              len(data.cifar_indices("train", "coursework")),
-              "val_images": len(data.cifar_indices("val", "coursework")),
-              "test_images": len(data.cifar_labels(num_classes, "test"))}
+    if config.split == "head" and config.train_images > len(data.cifar_labels(num_classes,
+                                                                             "train")):
+        raise configs.ConfigError(f"train_images={config.train_images}: {config.dataset} has "
+                                  f"{len(data.cifar_labels(num_classes, 'train')):,} images "
+                                  f"for it ({config.split} split)")
+    whole = data.cifar_parts(config.split, config.train_images)  # every part at full size
+    limits = {f"{part}_images": len(idx) for part, (_, idx) in whole.items()}
     for field, limit in limits.items():
         if getattr(config, field) > limit:
             raise configs.ConfigError(
                 f"{field}={getattr(config, field)}: {config.dataset} has {limit:,} images for "
                 f"it ({config.split} split)")
-    _images(config)
+    _dataset(config)
 
 
 ARCHITECTURE = ("num_blocks", "norm", "residual", "bn_in_reduction", "task")
@@ -570,6 +569,7 @@ STUDY = Study(
     tags=tags,
     prepare=prepare,
     label=label,
+    figures=figures,
     # Table 1's rows are architectures; the init table also fixes its one-step recipe.
     fixed={"1": ARCHITECTURE, "init": (*ARCHITECTURE, "epochs", "steps_per_epoch", "schedule",
                                        "lr", "lr_min", "batch_size", "augment")},

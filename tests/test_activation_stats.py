@@ -13,11 +13,10 @@ import pytest
 from keras import ops
 from numpy.testing import assert_allclose, assert_array_equal
 
-from depthlab import tracking
+from depthlab import plots, tracking
 from depthlab.callbacks.activation_stats import (
     ActivationStats,
     activation_statistics,
-    plot_statistics,
     probe_model,
     statistics_csv,
 )
@@ -222,7 +221,7 @@ def test_csv_and_plot_round_trip():
     rows = list(csv.DictReader(io.StringIO(statistics_csv(stats))))
     assert [int(r["dead_units"]) for r in rows] == EXPECTED["dead_units"]
     assert_allclose([float(r["frac_above_50"]) for r in rows], EXPECTED["frac_above_50"])
-    axes = plot_statistics(stats).axes[0]
+    axes = plots.activation_statistics(stats).axes[0]
     assert axes.get_yscale() == "log" and len(axes.lines) == 2
 
 

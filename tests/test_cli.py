@@ -41,7 +41,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     (["vgg", "--set", "split=head", "--set", "train_images=0"], "train_images=0: split 'head'"),
     (["vgg", "--set", "norm=true"], "--set norm: set by each row of table 1"),
     (["vgg", "--table", "init", "--set", "lr=0.1"], "--set lr: set by each row of table init"),
-    (["vgg", "--set", "val_images=5000"], "val_images=5000: cifar10 has 2,500 images"),
+    (["vgg", "--set", "val_images=5000"], "val_images=5000: cifar10 has 2,405 images"),
     (["vgg", "--set", "train_images=50001"], "train_images=50001: cifar10 has 50,000 images"),
     (["vgg", "--set", "test_images=10001"], "test_images=10001: cifar10 has 10,000 images"),
 ])

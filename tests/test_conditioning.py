@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from depthlab import plots
 from depthlab.callbacks.conditioning import (
     accumulate_r,
     conditioning_csv,
     kappa_2,
     kappa_inf,
     kernel_conditioning,
-    plot_conditioning,
 )
 
 
@@ -108,7 +108,7 @@ def test_conditioning_csv_and_plot():
         ("1", "a", 2.0),
         ("2", "b", np.inf),
     ]
-    figure = plot_conditioning(kappas, [1.0, np.inf, 3.0], "t")
+    figure = plots.conditioning(kappas, [1.0, np.inf, 3.0], "t")
     axes = figure.axes[0]
     assert axes.get_yscale() == "log"
     assert len(axes.lines) == 2

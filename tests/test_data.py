@@ -585,7 +585,7 @@ def test_repeat_streams_passes_for_exact_step_counts():
     so ``steps_per_epoch`` that does not divide a pass still gives every step."""
     import keras
 
-    from depthlab.data import ImageBatches
+    from depthlab.augment import ImageBatches
 
     x = np.arange(40 * 4 * 4, dtype=np.uint8).reshape(40, 4, 4)
     y = np.arange(40)

@@ -215,13 +215,15 @@ def test_mlflow_metrics_and_artifacts(mlruns, tmp_path):
     for key in ("global_norm", "min_layer_norm", "max_layer_norm", "first_last_ratio"):
         assert f"grad/{key}" in metrics
     assert "grad/clip_factor" in metrics
-    assert {"grad_mean_abs/lin/kernel", "grad_norm/lin/bias"} <= set(metrics)
+    assert {"grad_mean_abs/lin/kernel", "grad_mean_abs/lin/bias"} <= set(metrics)
+    assert not any(k.startswith("grad_norm/") for k in metrics)  # norms: artifacts only
     history = client.get_metric_history(run_id, "grad/global_norm")
-    assert sorted(m.step for m in history) == [0, 1, 2, 3]
+    assert sorted(m.step for m in history) == [0, 1]  # per epoch, like the training curves
     per_epoch = client.get_metric_history(run_id, "grad_mean_abs/lin/kernel")
     assert sorted(m.step for m in per_epoch) == [0, 1]
     files = {Path(f.path).name for f in client.list_artifacts(run_id, "gradients")}
-    assert {"step_norms.csv", "epoch_last_mean_abs.csv", "norms_heatmap.png"} <= files
+    assert {"history.npz", "step_norms.csv", "epoch_last_mean_abs.csv",
+            "norms_heatmap.png"} <= files
     csv_path = client.download_artifacts(run_id, "gradients/step_norms.csv", str(tmp_path))
     lines = Path(csv_path).read_text().splitlines()
     assert lines[0] == "step,lin/kernel,lin/bias" and len(lines) == 5
@@ -298,3 +300,27 @@ def test_gradients_agree_across_backends_and_with_reference(tmp_path):
             assert_allclose(got, want, rtol=1e-5, atol=atol, err_msg=f"{name} vs reference")
             assert np.all(values[row][zero] < 1e-5 * reference[row].max()), name
             assert_allclose(got, results["jax"][row][~zero], rtol=1e-5, atol=atol, err_msg=name)
+
+
+def test_logger_aggregates_many_tensors_per_group():
+    """Above ``max_tensors`` entries, each layer's gradients become one group: its norm is
+    the L2 norm of its tensors' gradients, its mean |g| their size-weighted mean; the
+    matrices are float32."""
+    layers = [keras.Input((4,))] + [keras.layers.Dense(4, name=f"d{i}") for i in range(6)]
+    model = keras.Sequential(layers)
+    model.compile(GradientCapture(keras.optimizers.SGD(0.01)), "mse")
+    every = GradientLogger(every_n_steps=1, log_to_mlflow=False)
+    grouped = GradientLogger(every_n_steps=1, max_tensors=8, log_to_mlflow=False)
+    x, y = np.ones((8, 4), "float32"), np.zeros((8, 4), "float32")
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[every, grouped])
+    full, groups = every.history, grouped.history
+    assert len(full["labels"]) == 12 and groups["labels"] == [f"d{i}" for i in range(6)]
+    assert groups["step_norms"].dtype == np.float32
+    norms, mean_abs = full["last_norm"][-1], full["last_mean_abs"][-1]
+    sizes = np.array([16, 4] * 6, "float64")
+    assert_allclose(groups["last_norm"][-1],
+                    np.sqrt(norms[0::2] ** 2 + norms[1::2] ** 2), rtol=1e-6)
+    assert_allclose(groups["last_mean_abs"][-1],
+                    (mean_abs[0::2] * 16 + mean_abs[1::2] * 4) / 20, rtol=1e-6)
+    assert groups["step_norms"].shape == (2, 6)
+    assert sizes.sum() == sum(int(np.prod(v.shape)) for v in model.trainable_weights)

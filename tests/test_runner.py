@@ -49,7 +49,7 @@ def test_end_to_end_run_is_in_the_store(mlruns, tmp_path):
     history = client.get_metric_history(outcome.run_id, "loss")
     assert sorted(m.step for m in history) == [0, 1, 2]
     assert history[-1].value == pytest.approx(outcome.results["final_loss"])
-    assert {"lr", "accuracy", "epoch_time_s", "result.final_loss", "wall_time_s"} <= set(
+    assert {"lr", "accuracy", "epoch_time_s", "result/final_loss", "wall_time_s"} <= set(
         run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "notes")}
     assert artifacts == {"notes/hello.txt"}
@@ -237,6 +237,38 @@ def test_same_seed_same_first_epoch_loss(mlruns, tmp_path, monkeypatch, _migrate
     assert second.status == "finished"
     assert second.results["final_loss"] == first.results["final_loss"]
     assert math.isfinite(first.results["final_loss"])
+
+
+def test_arrays_precision_memory_and_the_kept_model(mlruns, tmp_path):
+    """A job's arrays come back (also when reused), its precision policy holds for it and
+    is reset after, an out-of-memory error is reported as such and the sweep goes on, and
+    the trained model is kept as an artifact that reloads."""
+    import keras
+
+    from depthlab.reproductions.runner import ARRAYS_FILE
+
+    config = dataclasses.replace(TinyConfig(), precision="mixed_bfloat16")
+    (first,), _ = _run(config)
+    assert first.status == "finished" and first.results["bf16"] == 1.0
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # reset after the job
+    assert first.arrays["first_layer_weights"].shape == (32, 10)
+    (again,), _ = _run(config)
+    assert again.status == "skipped"
+    np.testing.assert_array_equal(again.arrays["first_layer_weights"],
+                                  first.arrays["first_layer_weights"])
+    client = MlflowClient()
+    assert ARRAYS_FILE in {a.path for a in client.list_artifacts(first.run_id)}
+    model = keras.saving.load_model(client.download_artifacts(first.run_id, "model/model.keras",
+                                                              str(tmp_path)))
+    np.testing.assert_array_equal(model.layers[-1].get_weights()[0],
+                                  first.arrays["first_layer_weights"])
+    outcomes, lines = _run(dataclasses.replace(TinyConfig(), oom=True), rows=["a", "b"])
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    assert outcomes[0].message.startswith("out of memory")
+    assert any("FAILED: out of memory" in line for line in lines)
+    run = client.get_run(outcomes[0].run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["depthlab.status_message"].startswith("out of memory")
 
 
 def test_overlapping_splits_are_refused_before_any_run(mlruns):

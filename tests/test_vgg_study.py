@@ -11,8 +11,8 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import BACKEND
 from mlflow.tracking import MlflowClient
@@ -24,34 +24,35 @@ LN10 = math.log(10)
 
 def _run(table: str, rows: list[str], **overrides) -> dict[str, runner.Outcome]:
     config = dataclasses.replace(vgg.QUICK, **overrides)
-    outcomes = runner.run(vgg.STUDY, table, "quick", config=config, rows=rows, results_dir=None)
+    outcomes = runner.run(vgg.STUDY, table, "quick", config=config, rows=rows,
+                          overrides=overrides, results_dir=None)
     for outcome in outcomes:
         assert outcome.status == "finished", outcome.message
     return {o.job.key: o for o in outcomes}
 
 
-def _verdicts(table: str, config, outcomes) -> dict[str, bool]:
+def _verdicts(table: str, config, outcomes, profile: str = "quick") -> dict[str, bool]:
     """The report's claim lines: statement -> holds."""
-    rows = vgg.STUDY.report(table, config, list(outcomes))
+    rows = vgg.STUDY.report(table, config, list(outcomes), profile)
     return {r.metric: r.notes.startswith("✓") for r in rows if r.row == "claim"}
 
 
-def _convs(results: dict[str, float]) -> dict[str, float]:
-    return {k[len("grad."):]: v for k, v in results.items() if k.startswith("grad.")
-            and "conv_" in k and "_bn_" not in k}
+def _convs(outcome: runner.Outcome) -> dict[str, float]:
+    """The conv entries of an outcome's stored gradient flow (last epoch)."""
+    return {k: v for k, v in vgg.flow(outcome).items() if "conv_" in k and "_bn_" not in k}
 
 
 def test_q1_init_gradients_vanish_only_in_plain_vgg38(mlruns):
     """SPEC §3.5 Q1: one train-mode forward/backward on 100 images, all five models."""
     outcomes = _run("init", list(vgg.INIT_ROWS))
-    plain = _convs(outcomes["vgg38"].results)
+    plain = _convs(outcomes["vgg38"])
     assert len(plain) == 37
     early = {k: v for k, v in plain.items() if k == "input_conv_conv_0" or k.startswith("block_0_")}
     assert len(early) == 11 and max(early.values()) < 1e-10, early
     assert plain["reduction_block_2_conv_1"] > 1e-6
     for key, floor in (("vgg08", 1e-7), ("vgg38_rc", 1e-7), ("vgg38_bn", 1e-4),
                        ("vgg38_bnrc", 1e-4)):
-        convs = _convs(outcomes[key].results)
+        convs = _convs(outcomes[key])
         assert len(convs) == (7 if key == "vgg08" else 37)
         assert min(convs.values()) > floor, (key, min(convs, key=convs.get))
     verdicts = _verdicts("init", vgg.QUICK, outcomes.values())
@@ -66,7 +67,7 @@ def test_q4_plain_vgg38_stays_at_chance(mlruns):
     verdicts = _verdicts("1", vgg.QUICK, [outcome])
     assert len(verdicts) == 2 and all(verdicts.values()), verdicts
     assert abs(result["last10_loss"] - LN10) <= 0.05, result["last10_loss"]
-    assert result["grad.input_conv_conv_0"] < 1e-10
+    assert vgg.flow(outcome)["input_conv_conv_0"] < 1e-10
     assert result["params"] == 333_226  # 10-class head (SPEC §3.7 item 1)
 
 
@@ -118,15 +119,32 @@ def test_command_end_to_end_and_store_contents(tmp_path):
     assert [m.step for m in client.get_metric_history(job.info.run_id, "val_accuracy")] == [0, 1]
     flow = client.get_metric_history(job.info.run_id, "grad_mean_abs/input_conv_conv_0")
     assert len(flow) == 2 and all(m.value > 0 for m in flow)
-    assert job.data.metrics["result.params"] == 335_530
+    assert job.data.metrics["result/params"] == 335_530
     artifacts = {a.path for a in client.list_artifacts(job.info.run_id)}
-    assert {"gradient_flow.png", "gradient_flow.csv", "curves.png"} <= artifacts
-    csv_path = client.download_artifacts(job.info.run_id, "gradient_flow.csv", str(tmp_path))
-    header, *rows = Path(csv_path).read_text().splitlines()
-    assert header.split(",")[:3] == ["epoch", "input_conv_conv_0", "input_conv_bn_0"]
-    assert len(header.split(",")) == 76 and len(rows) == 2
-    report = (tmp_path / "results" / f"vgg_table1_quick_{BACKEND}.md").read_text()
+    assert {"results.npz", "curves.png", "config.json", "gradients", "model"} <= artifacts
+    arrays = tracking.load_arrays(job.info.run_id, "results.npz")
+    labels = [str(v) for v in arrays["gradient_flow_labels"]]
+    assert labels[:2] == ["input_conv_conv_0", "input_conv_bn_0"] and len(labels) == 75
+    assert arrays["gradient_flow"].shape == (2, 75) and (arrays["gradient_flow"] > 0).all()
+    # the trained model reloads as it was (its best epoch's weights)
+    import keras
+
+    import depthlab.layers  # noqa: F401  (registers the custom layers)
+
+    model = keras.saving.load_model(client.download_artifacts(
+        job.info.run_id, "model/model.keras", str(tmp_path)))
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 335_530
+    # the parent run: the table as its description, the figures as artifacts
+    parent = client.get_run(job.data.tags["mlflow.parentRunId"])
+    assert "| VGG38 BN RC, lr 0.01 | val acc % |" in parent.data.tags["mlflow.note.content"]
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert figures == {"figures/gradient_flow_vgg38_bnrc_1e-2.png"}
+    results = tmp_path / "results"
+    report = (results / f"vgg_table1_quick_{BACKEND}.md").read_text()
     assert "VGG38 BN RC, lr 0.01" in report and "61.36" in report and "lossy" in report
+    assert (results / f"vgg_table1_quick_{BACKEND}_gradient_flow_vgg38_bnrc_1e-2.png").stat(
+        ).st_size > 10_000
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     again = subprocess.run(command, cwd=tmp_path, env=env, text=True, capture_output=True,
                            timeout=600)
@@ -136,7 +154,7 @@ def test_command_end_to_end_and_store_contents(tmp_path):
 def test_recipe_settings(mlruns):
     """SPEC §3.7 items 5 and 7: Adam betas (0.9, 0.999), eps 1e-8, no weight decay; the
     CIFAR-10 constants for both data sets, crop pad 4, flip only on training batches."""
-    from depthlab import data
+    from depthlab import augment
 
     paper = vgg.PAPER
     model = vgg._model_and_optimizer(paper, 100, steps_per_epoch=475)
@@ -147,15 +165,15 @@ def test_recipe_settings(mlruns):
     lr = inner.learning_rate  # the per-epoch cosine, read at steps 0 and 50 epochs
     assert float(lr) == pytest.approx(1e-3)
     assert float(inner._learning_rate(50 * 475)) == pytest.approx(5.1e-4, rel=1e-5)
-    train, val, _, _ = vgg._images(dataclasses.replace(vgg.QUICK, train_images=64,
-                                                       val_images=64))
-    config = dataclasses.replace(paper, dataset="cifar10")
-    batches = vgg._batches(train, config, train=True), vgg._batches(val, config, train=False)
-    for b in batches:
-        assert (b.mean, b.std) == (data.CIFAR10_MEAN, data.CIFAR10_STD)
-    assert batches[0].augment and batches[0].pad == 4 and not batches[1].augment
-    assert data.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)
-    assert data.CIFAR10_STD == (0.2023, 0.1994, 0.2010)
+    config = dataclasses.replace(paper, dataset="cifar10", split="head", train_images=64,
+                                 val_images=64, test_images=64)
+    batches = vgg._batches(config)
+    for b in batches.values():
+        assert (b.mean, b.std) == (augment.CIFAR10_MEAN, augment.CIFAR10_STD)
+    assert batches["train"].augment and batches["train"].pad == 4
+    assert not batches["val"].augment and not batches["test"].augment
+    assert augment.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)
+    assert augment.CIFAR10_STD == (0.2023, 0.1994, 0.2010)
 
 
 def test_paper_profile_runs_on_the_cifar10_stand_in(mlruns):
@@ -164,11 +182,11 @@ def test_paper_profile_runs_on_the_cifar10_stand_in(mlruns):
     GPU run takes, on the offline CIFAR-10 copy, labelled lossy."""
     config = dataclasses.replace(vgg.PAPER, dataset="cifar10", epochs=2, steps_per_epoch=2,
                                  val_images=100, test_images=100)
-    jobs = vgg.table1_jobs(config, ["vgg08"])
+    jobs = vgg.table1_jobs(config, ["vgg08"], "paper")
     assert jobs[0].config.epochs == 2 and jobs[0].config.batch_size == 100
-    train, val, _, _ = vgg._images(config)
-    assert (len(train.x), len(val.x)) == (47_500, 100)
-    assert vgg._batches(train, config, train=True).augment
+    dataset = vgg._dataset(config)
+    assert (len(dataset.train.x), len(dataset.val.x)) == (47_500, 100)
+    assert vgg._batches(config)["train"].augment
     (outcome,) = runner.run(vgg.STUDY, "1", "paper", config=config, rows=["vgg08"],
                             results_dir=None, echo=lambda line: None)
     assert outcome.status == "finished", outcome.message
@@ -180,20 +198,22 @@ def test_paper_profile_runs_on_the_cifar10_stand_in(mlruns):
     assert lr == pytest.approx([1e-3, 2e-5 + (1e-3 - 2e-5) / 2])  # cosine, T_max = 2 epochs
     run = client.get_run(outcome.run_id)
     assert run.data.tags["profile"] == "paper" and run.data.tags["data_copy"] == "lossy"
-    rows = vgg.STUDY.report("1", config, [outcome])
+    rows = vgg.STUDY.report("1", config, [outcome], "paper")
     assert all("lossy" in row.notes for row in rows if row.row != "claim"
                and row.metric != "#params")
     # 4 steps do not reach the stand-in's 60 %: the check says so instead of hiding it
-    assert _verdicts("1", config, [outcome]) == {"every row but VGG38: min val acc %": False}
+    assert _verdicts("1", config, [outcome], "paper") == {
+        "every row but VGG38: min val acc %": False}
 
 
 def _paper_outcomes(**changes) -> list[runner.Outcome]:
     """The paper's own Table 1 as outcomes (course test accuracies where the seed has none)."""
     outcomes = []
-    for job in vgg.table1_jobs(vgg.PAPER, None):
+    for job in vgg.table1_jobs(vgg.PAPER, None, "paper"):
         ref = vgg.paper_numbers()["rows"][job.key]
-        results = {k: ref[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
-        results["test_acc"] = ref["test_acc"] or ref.get("course", {}).get("test_acc", 50.0)
+        results = {"train_loss": ref["train_loss"], "val_loss": ref["val_loss"],
+                   "train_acc_pct": ref["train_acc"], "val_acc_pct": ref["val_acc"]}
+        results["test_acc_pct"] = ref["test_acc"] or ref.get("course", {}).get("test_acc", 50)
         results["weights_finite"] = 1.0  # what the runner records for a finished fit
         results.update(changes.get(job.key, {}))
         outcomes.append(runner.Outcome(job, "finished", results, None))
@@ -203,14 +223,15 @@ def _paper_outcomes(**changes) -> list[runner.Outcome]:
 def test_paper_claims_hold_on_the_papers_numbers_and_catch_a_broken_ordering():
     """The paper profile's acceptance (SPEC §3.5) checked on Table 1 itself: all hold; an
     RC row above BN+RC breaks the ordering and its own ±4-point band."""
-    verdicts = _verdicts("1", vgg.PAPER, _paper_outcomes())
+    verdicts = _verdicts("1", vgg.PAPER, _paper_outcomes(), "paper")
     assert len(verdicts) == 3 + 6 * 2 + 3 and all(verdicts.values()), verdicts
-    broken = _verdicts("1", vgg.PAPER, _paper_outcomes(vgg38_rc={"val_acc": 70.0}))
+    broken = _verdicts("1", vgg.PAPER, _paper_outcomes(vgg38_rc={"val_acc_pct": 70.0}),
+                       "paper")
     assert [k for k, ok in broken.items() if not ok] == [
         "VGG38 RC, lr 0.001: max |acc - paper| (train, val)",
         "val acc BN+RC 61.36 > RC 70.00 > BN 46.72"]
     flow = {"vgg38": {"grad_max_to_reduction_0": 3e-10, "grad_max_to_block_2": 1e-9},
             "vgg08": {"grad_min": 2e-6}}
-    verdicts = _verdicts("1", vgg.PAPER, _paper_outcomes(**flow))
+    verdicts = _verdicts("1", vgg.PAPER, _paper_outcomes(**flow), "paper")
     assert [k for k, ok in verdicts.items() if not ok] == [
         "VGG38 max mean|grad| up to reduction_block_0_conv_1, every epoch"]

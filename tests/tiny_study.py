@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from depthlab import data
+from depthlab import augment, data
 from depthlab.config import check
 from depthlab.report import Comparison
 from depthlab.reproductions import runner
@@ -33,6 +33,8 @@ class TinyConfig:
     seed: int = 0
     backup_every_s: float = 0.0  # back up every epoch (the runner's default is 60 s)
     sleep_s: float = 0.0  # per epoch, to give concurrency and kill tests time to act
+    precision: str = ""  # a Keras dtype policy for the job, e.g. "mixed_bfloat16"
+    oom: bool = False  # ask for more host memory than exists, after training
 
     def __post_init__(self) -> None:
         check(self, positive=("epochs", "images", "lr"),
@@ -96,7 +98,7 @@ def execute(job: runner.Job, ctx: runner.Context) -> dict[str, float]:
         x[0, 0, 0] = np.nan
     y = mnist.train.y[: config.images]
     model = build(config)
-    train = data.ImageBatches(x, y, batch_size=64, shuffle=True, seed=config.seed)
+    train = augment.ImageBatches(x, y, batch_size=64, shuffle=True, seed=config.seed)
     steps = StepLoss(window=3)
     callbacks = [CrashAt(CRASH_AT["epoch"], config.sleep_s), steps]
     if config.capture:
@@ -107,19 +109,23 @@ def execute(job: runner.Job, ctx: runner.Context) -> dict[str, float]:
                       max_loss=config.max_loss or None)
     if CRASH_AT["epoch"] == config.epochs:
         raise Crash("simulated crash after fit")
+    if config.oom:
+        np.ones(1 << 50, dtype=np.uint8)  # 1 PiB: numpy raises MemoryError
     ctx.log_text("hello", "notes/hello.txt")
     results = {"final_loss": history["loss"][-1], "epochs_logged": len(history["loss"]),
-               "steps": steps.steps, "last3_loss": steps.last_mean(3)}
+               "steps": steps.steps, "last3_loss": steps.last_mean(3),
+               "bf16": float(model.layers[-1].compute_dtype == "bfloat16"),
+               "first_layer_weights": model.layers[-1].get_weights()[0]}
     if config.best:
         results["best_loaded"] = float(ctx.load_best(model))
     return results
 
 
-def report(table, config, outcomes):
+def report(table, config, outcomes, profile):
     return [Comparison(o.job.label, "loss", None, o.results.get("final_loss")) for o in outcomes]
 
 
-def jobs(config, rows):
+def jobs(config, rows, profile):
     return [runner.Job(key, key, config) for key in rows or ["a"]]
 
 

@@ -1,8 +1,17 @@
-"""Backend selection and the few per-backend settings depthlab needs (SPEC §0.1, §0.6).
+"""Backend selection and every per-backend setting depthlab needs (SPEC §0.1, §0.6).
 
 Keras fixes its backend at the first ``import keras``, so :func:`select` must run before
-anything imports Keras (or TensorFlow, which imports Keras). Every backend-specific
-branch outside gradient capture lives here.
+anything imports Keras (or TensorFlow, which imports Keras). Every backend-specific branch
+of depthlab lives in this package, one module per concern: this one (selection, numerics,
+GPU settings, seeding, tags), :mod:`.grads` (gradient reductions of GradientCapture),
+:mod:`.loops` (loops over stacked block weights) and :mod:`.memory` (release, peak,
+out-of-memory). Layers and callbacks import no backend themselves.
+
+GPU settings (:func:`configure`): JAX does not preallocate 75 % of the device (so peaks
+are real use and several processes can share a GPU), TensorFlow grows its memory likewise;
+float32 matrix products and convolutions are exact float32, not TF32, unless
+``DEPTHLAB_MATMUL_PRECISION=tf32`` trades that for speed (mixed-precision jobs use bf16
+either way).
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ def select(name: str | None = None) -> str:
     name = name or os.environ.get("KERAS_BACKEND", "jax")
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    _precision()  # a bad setting fails here, before anything loads
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # read when JAX starts
     if "keras" in sys.modules:
         current = sys.modules["keras"].backend.backend()
         if current != name:
@@ -45,30 +56,54 @@ def select(name: str | None = None) -> str:
 
 
 def configure() -> None:
-    """Per-backend numerics: flush subnormals to zero where the backend does not already.
+    """Per-backend numerics and GPU settings (module docstring); imports Keras.
 
     torch on CPU keeps subnormals by default (pytorch#19652) and slows by orders of
-    magnitude on the ~1e-38 gradients of vanishing-gradient nets (SPEC §3.6). XLA (JAX)
-    and TensorFlow's CPU kernels already set FTZ/DAZ.
+    magnitude on the ~1e-38 gradients of vanishing-gradient nets (SPEC §3.6): flush them to
+    zero. XLA (JAX) and TensorFlow's CPU kernels already set FTZ/DAZ.
     """
     if "keras" not in sys.modules:
-        with _native_stderr_silenced():  # TensorFlow's start-up lines bypass its log level
+        with native_stderr_silenced():  # TensorFlow's start-up lines bypass its log level
             import keras
     import keras
 
-    if keras.backend.backend() == "torch":
+    name = keras.backend.backend()
+    exact = _precision() == "float32"
+    if name == "torch":
         import torch
 
         torch.set_flush_denormal(True)
+        torch.backends.cuda.matmul.allow_tf32 = not exact
+        torch.backends.cudnn.allow_tf32 = not exact
+    elif name == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision",
+                          "highest" if exact else "tensorfloat32")
+    else:
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            with contextlib.suppress(RuntimeError):  # already initialised: keep as is
+                tf.config.experimental.set_memory_growth(gpu, True)
+        tf.config.experimental.enable_tensor_float_32_execution(not exact)
+
+
+def _precision() -> str:
+    value = os.environ.get("DEPTHLAB_MATMUL_PRECISION", "float32")
+    if value not in ("float32", "tf32"):
+        raise BackendError(f"DEPTHLAB_MATMUL_PRECISION={value!r}: choose float32 or tf32")
+    return value
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
+def native_stderr_silenced() -> Iterator[None]:
     """Send what native code writes to file descriptor 2 to /dev/null for a while.
 
     TensorFlow writes "WARNING: All log messages before absl::InitializeLog()..." and a
     oneDNN notice when it loads, whatever ``TF_CPP_MIN_LOG_LEVEL`` says; a command's error
-    must stay one line.
+    must stay one line. Keras loads TensorFlow whenever it is installed, on any backend,
+    at its first ``model.save`` (it checks for ``tf.TensorShape``): wrap that too.
     """
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)

@@ -1,4 +1,4 @@
-"""torch fast path of GradientCapture's per-variable reductions (SPEC §0.4).
+"""torch fast path of :func:`depthlab.backend.grads.reduce_gradients` (SPEC §0.4).
 
 The keras.ops path costs about 0.4 ms per gradient tensor on the torch backend, which
 runs eagerly (each ``keras.ops`` call converts and dispatches on its own): 7 ms per step
