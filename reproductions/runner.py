@@ -374,8 +374,10 @@ def run(
     try:
         with tracking.run(experiment_id, parent_name,
                           run_id=found[0].info.run_id if found else None,
+                          params=tracking.flatten(config),
                           tags={**env_tags, "depthlab.kind": "table", TAG_TABLE: table_id,
-                                tracking.TAG_LOCK: f"table-{table_id}"}):
+                                tracking.TAG_LOCK: f"table-{table_id}",
+                                "depthlab.rows": ",".join(j.key for j in jobs)}):
             done: dict[int, Outcome] = {}
             busy = []
             for i, job in enumerate(jobs):
@@ -390,6 +392,7 @@ def run(
             outcomes = [_reload(done[i]) for i in range(len(jobs))]  # as the store has them
             comparison = study.report(table, config, outcomes, profile)
             figures = study.figures(table, config, outcomes, profile)
+            tracking.log_metrics(_summary(outcomes, comparison), step=0)
             _write_report(study, table, profile, env_tags, comparison, outcomes, figures,
                           results_dir, echo)
     finally:
@@ -538,6 +541,16 @@ def _split(returned: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any
         else:
             arrays[key] = np.asarray(value)
     return scalars, arrays
+
+
+def _summary(outcomes: list[Outcome], rows: list[report.Comparison]) -> dict[str, float]:
+    """The parent run's metrics: how many jobs ended how, how many claims hold."""
+    statuses = [o.status for o in outcomes]
+    verdicts = [r.notes.startswith("✓") for r in rows if r.row == "claim"]
+    return {"jobs_finished": sum(s in ("finished", "skipped") for s in statuses),
+            "jobs_diverged": statuses.count("diverged"),
+            "jobs_failed": statuses.count("failed"),
+            "claims_hold": sum(verdicts), "claims_fail": len(verdicts) - sum(verdicts)}
 
 
 def _job_note(study: Study, job: Job, env_tags: Mapping[str, str]) -> str:

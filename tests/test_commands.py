@@ -59,7 +59,7 @@ def _runs(store: Path) -> list[tuple[str, str, str, str, str]]:
                    (select value from tags t where t.run_uuid = r.run_uuid
                     and t.key = 'depthlab.status'),
                    (select value from latest_metrics m where m.run_uuid = r.run_uuid
-                    and m.key = 'result.final_loss')
+                    and m.key = 'result/final_loss')
             from runs r where r.lifecycle_stage = 'active'""").fetchall()
     return [(kind, job, status, mine, loss) for _, status, kind, job, mine, loss in rows]
 

@@ -137,6 +137,8 @@ def test_command_end_to_end_and_store_contents(tmp_path):
     # the parent run: the table as its description, the figures as artifacts
     parent = client.get_run(job.data.tags["mlflow.parentRunId"])
     assert "| VGG38 BN RC, lr 0.01 | val acc % |" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.params["split"] == "head" and parent.data.params["epochs"] == "2"
+    assert parent.data.metrics["jobs_finished"] == 1 and parent.data.metrics["jobs_failed"] == 0
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert figures == {"figures/gradient_flow_vgg38_bnrc_1e-2.png"}
     results = tmp_path / "results"
