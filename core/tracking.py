@@ -176,6 +176,24 @@ def find_runs(experiment_id: str, tags: Mapping[str, str],
     )
 
 
+def experiments() -> list[mlflow.entities.Experiment]:
+    """Every experiment of the store."""
+    configure()
+    return MlflowClient().search_experiments()
+
+
+def get_run(run_id: str) -> mlflow.entities.Run:
+    """One run as the store holds it."""
+    return MlflowClient().get_run(run_id)
+
+
+def metric_history(run_id: str, key: str) -> list[float]:
+    """Values of ``key`` in a run, by step; a step logged twice keeps its later value."""
+    history = MlflowClient().get_metric_history(run_id, key)
+    by_step = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def sweep_dead_runs(experiment_id: str) -> list[str]:
     """End the RUNNING runs whose process is gone (their lock is free); return their ids.
 

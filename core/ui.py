@@ -18,13 +18,10 @@ from collections.abc import Sequence
 
 def study_urls(host: str, port: int) -> dict[str, str]:
     """Study name -> the address of its runs in the UI's Model training view."""
-    from mlflow.tracking import MlflowClient
-
     from depthlab import tracking
 
-    tracking.configure()
     out = {}
-    for found in MlflowClient().search_experiments():
+    for found in tracking.experiments():
         if found.name.startswith("depthlab-"):
             out[found.name.removeprefix("depthlab-")] = (
                 f"http://{host}:{port}/#/experiments/{found.experiment_id}/runs"

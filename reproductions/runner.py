@@ -157,11 +157,7 @@ class Context:
 
     def metric_history(self, key: str) -> list[float]:
         """Values of ``key`` logged so far in this job's run, by step (resumed runs too)."""
-        from mlflow.tracking import MlflowClient
-
-        history = MlflowClient().get_metric_history(self.run_id, key)
-        by_step = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
-        return [by_step[s] for s in sorted(by_step)]
+        return tracking.metric_history(self.run_id, key)
 
     def fit(
         self,
@@ -580,9 +576,7 @@ def _reload(outcome: Outcome) -> Outcome:
     """The outcome as the store holds it (what the report and figures are built from)."""
     if outcome.run_id is None or outcome.status == "skipped":
         return outcome
-    from mlflow.tracking import MlflowClient
-
-    stored = _outcome_from_run(outcome.job, MlflowClient().get_run(outcome.run_id), False)
+    stored = _outcome_from_run(outcome.job, tracking.get_run(outcome.run_id), False)
     return dataclasses.replace(stored, status=outcome.status, message=outcome.message)
 
 
