@@ -149,6 +149,7 @@ class Context:
         self.best: Any = None  # the BestWeights of the last fit with best_monitor
         self.weights_checked = False  # a fit ended with every weight checked finite
         self.model: Any = None  # the model of the last fit, kept as an artifact
+        self._fits = 0  # fits so far: each has its own backup folder (resumes match them)
 
     log_metrics = staticmethod(tracking.log_metrics)
     log_figure = staticmethod(tracking.log_figure)
@@ -218,7 +219,8 @@ class Context:
                      if hasattr(c, "backup_state")}
             if held is not None:
                 parts["mlflow_metrics"] = held
-            backup = Backup(self.checkpoint_dir / "backup", backup_every_s, parts,
+            self._fits += 1
+            backup = Backup(self.checkpoint_dir / f"backup-{self._fits}", backup_every_s, parts,
                             skip=lambda: guard.diverged, on_commit=tracking.flush,
                             echo=lambda line: self.echo(f"[{self.job.label}] {line}"))
             if hasattr(train, "epoch_callback"):  # batches follow fit's epoch, resumes too
@@ -518,12 +520,13 @@ def _execute(study: Study, job: Job, context: Context, seed: int | None) -> Mapp
     if seed is not None:
         backend.set_seed(int(seed))
     policy = getattr(job.config, "precision", None)
+    previous = keras.mixed_precision.dtype_policy()
     try:
         if policy:
             keras.mixed_precision.set_global_policy(policy)
         return study.execute(job, context)
     finally:
-        keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _split(returned: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:

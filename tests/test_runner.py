@@ -153,6 +153,25 @@ def test_a_resumed_run_equals_an_uninterrupted_one(mlruns, tmp_path, monkeypatch
         assert a[key].shape == b[key].shape and np.allclose(a[key], b[key], rtol=1e-5), key
 
 
+def test_a_job_of_two_fits_resumes_each_from_its_own_backup(mlruns, tmp_path, monkeypatch,
+                                                          _migrated_store):
+    config = dataclasses.replace(TinyConfig(), fits=2)
+    monkeypatch.setitem(CRASH_AT, "epoch", 1)  # in the second fit
+    (crashed,), _ = _run(config)
+    assert crashed.status == "failed"
+    monkeypatch.setitem(CRASH_AT, "epoch", -1)
+    (resumed,), lines = _run(config)
+    assert resumed.status == "finished"
+    assert sum("resumed after epoch" in line for line in lines) == 2  # fit 1 at 3, fit 2 at 1
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(_migrated_store, other / "mlflow.db")
+    monkeypatch.setenv("DEPTHLAB_MLRUNS", str(other))
+    (whole,), _ = _run(config)
+    assert resumed.results["final_loss"] == pytest.approx(whole.results["final_loss"], rel=1e-6)
+    assert resumed.results["steps"] == whole.results["steps"] == 12
+
+
 def test_backups_are_throttled_and_a_resume_without_one_starts_over(mlruns, monkeypatch):
     """With an interval longer than the run only the last epoch is backed up: a crash
     before it trains from epoch 0 again, in the same MLflow run, each epoch logged once."""

@@ -35,6 +35,7 @@ class TinyConfig:
     sleep_s: float = 0.0  # per epoch, to give concurrency and kill tests time to act
     precision: str = ""  # a Keras dtype policy for the job, e.g. "mixed_bfloat16"
     oom: bool = False  # ask for more host memory than exists, after training
+    fits: int = 1  # successive fits of the same model in one job (each resumable)
 
     def __post_init__(self) -> None:
         check(self, positive=("epochs", "images", "lr"),
@@ -99,14 +100,16 @@ def execute(job: runner.Job, ctx: runner.Context) -> dict[str, float]:
     y = mnist.train.y[: config.images]
     model = build(config)
     train = augment.ImageBatches(x, y, batch_size=64, shuffle=True, seed=config.seed)
-    steps = StepLoss(window=3)
-    callbacks = [CrashAt(CRASH_AT["epoch"], config.sleep_s), steps]
-    if config.capture:
-        callbacks.append(GradientLogger(every_n_steps=2))
-    history = ctx.fit(model, train, epochs=config.epochs, callbacks=callbacks,
-                      backup_every_s=config.backup_every_s,
-                      best_monitor="accuracy" if config.best else None,
-                      max_loss=config.max_loss or None)
+    for fit in range(1, config.fits + 1):  # a crash is simulated in the last fit
+        crash = CRASH_AT["epoch"] if fit == config.fits else -1
+        steps = StepLoss(window=3)
+        callbacks = [CrashAt(crash, config.sleep_s), steps]
+        if config.capture:
+            callbacks.append(GradientLogger(every_n_steps=2))
+        history = ctx.fit(model, train, epochs=config.epochs, callbacks=callbacks,
+                          backup_every_s=config.backup_every_s,
+                          best_monitor="accuracy" if config.best else None,
+                          max_loss=config.max_loss or None)
     if CRASH_AT["epoch"] == config.epochs:
         raise Crash("simulated crash after fit")
     if config.oom:
