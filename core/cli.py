@@ -20,7 +20,7 @@ from typing import Any
 
 from depthlab import backend, config
 
-STUDIES = {"vgg": "depthlab.reproductions.vgg"}
+STUDIES = {"vgg": "depthlab.reproductions.vgg", "marion": "depthlab.reproductions.marion"}
 EXIT_BAD_INPUT = 2
 
 

@@ -165,3 +165,117 @@ def conditioning(kappas: Mapping[str, float], kappa_2_values: Sequence[float] | 
     axes.set_title(title)
     axes.legend()
     return figure
+
+
+def bootstrap_ci(samples: np.ndarray, level: float = 0.95, resamples: int = 1000,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (seaborn's default: 1000 resamples).
+
+    Non-finite samples are left out; (nan, nan) when none is finite.
+    """
+    values = np.asarray(samples, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(resamples, len(values))).mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def mean_ci_panels(panels: Mapping[str, tuple[Sequence[float], np.ndarray]], xlabel: str,
+                   ylabel: str, title: str, log_y: bool = False) -> Figure:
+    """One panel per entry: the mean of the samples at each x with its 95 % bootstrap
+    interval as a band (the paper's Figs 1, 3-5); y-axes are not shared.
+
+    Args:
+        panels: panel title -> (x values, samples [len(x), n]).
+        xlabel, ylabel: axis labels.
+        title: figure title.
+        log_y: logarithmic y axes. Defaults to False.
+    """
+    figure = Figure(figsize=(4.2 * len(panels), 3.8), layout="constrained")
+    for axes, (name, (x, samples)) in zip(np.atleast_1d(figure.subplots(1, len(panels))),
+                                          panels.items(), strict=True):
+        samples = np.asarray(samples, dtype=float)
+        finite = np.where(np.isfinite(samples), samples, np.nan)
+        means = np.nanmean(finite, axis=1)
+        bands = np.array([bootstrap_ci(row) for row in samples])
+        axes.plot(x, means, marker="o", markersize=3)
+        axes.fill_between(x, bands[:, 0], bands[:, 1], alpha=0.25)
+        axes.set_title(name, fontsize=10)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        if log_y:
+            axes.set_yscale("log")
+        axes.grid(True, alpha=0.3)
+    _title(figure, title)
+    return figure
+
+
+def histograms(series: Mapping[str, np.ndarray], title: str) -> Figure:
+    """One histogram per entry, side by side (the paper's Fig 2)."""
+    figure = Figure(figsize=(4.5 * len(series), 3.8), layout="constrained")
+    for axes, (name, values) in zip(np.atleast_1d(figure.subplots(1, len(series))),
+                                    series.items(), strict=True):
+        values = np.asarray(values, dtype=float)
+        axes.hist(values[np.isfinite(values)], bins="auto")
+        axes.set_xlabel(name)
+        axes.set_ylabel("networks")
+        axes.grid(True, alpha=0.3)
+    _title(figure, title)
+    return figure
+
+
+def paths(series: Mapping[str, np.ndarray], title: str, xlabel: str = "t") -> Figure:
+    """Paths on [0, 1] on one axis (the paper's Fig 6)."""
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axes = figure.add_subplot()
+    for name, values in series.items():
+        values = np.asarray(values, dtype=float)
+        axes.plot(np.linspace(0, 1, len(values)), values, linewidth=0.8, label=name)
+    axes.set_xlabel(xlabel)
+    axes.legend()
+    axes.grid(True, alpha=0.3)
+    _title(figure, title)
+    return figure
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges around (possibly unevenly spaced) centres: midpoints, ends mirrored."""
+    if len(centres) == 1:
+        return np.array([centres[0] - 0.5, centres[0] + 0.5])
+    mid = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate([[2 * centres[0] - mid[0]], mid, [2 * centres[-1] - mid[-1]]])
+
+
+def heatmaps(maps: Mapping[str, np.ndarray], x: Sequence[float], y: Sequence[float],
+             xlabel: str, ylabel: str, title: str, limits: tuple[float, float] = (-1, 1),
+             overlay: tuple[Sequence[float], Sequence[float], str] | None = None) -> Figure:
+    """Heatmaps side by side, rows = y upward, columns = x, diverging colours centred on
+    the middle of ``limits`` (the paper's Figs 7 and 9); cells need not be evenly spaced.
+
+    Args:
+        maps: panel title -> values [len(y), len(x)].
+        x, y: the column and row coordinates (cell centres).
+        xlabel, ylabel: axis labels.
+        title: figure title.
+        limits: colour range. Defaults to (-1, 1).
+        overlay: (x, y, label) of a line drawn over every panel, e.g. a predicted boundary.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    figure = Figure(figsize=(5.2 * len(maps), 4.6), layout="constrained")
+    for axes, (name, values) in zip(np.atleast_1d(figure.subplots(1, len(maps))), maps.items(),
+                                    strict=True):
+        image = axes.pcolormesh(_edges(x), _edges(y), np.asarray(values, float),
+                                cmap="RdBu_r", vmin=limits[0], vmax=limits[1])
+        if overlay is not None:
+            axes.plot(overlay[0], overlay[1], "k--", linewidth=1.2, label=overlay[2])
+            axes.legend(fontsize=7, loc="lower right")
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.set_title(name, fontsize=10)
+        figure.colorbar(image, ax=axes)
+    _title(figure, title)
+    return figure

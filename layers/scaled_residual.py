@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from depthlab.backend.loops import scan_blocks
+from depthlab.backend.loops import compiled, scan, scan_blocks
 from depthlab.layers.fractional import fgn, gp_smooth
 
 KINDS = ("res3", "res1")
@@ -306,3 +306,75 @@ def build_resnet(
     )(h)
     outputs = layers.Dense(num_outputs, use_bias=False, kernel_initializer=f_init, name="F")(h)
     return keras.Model(inputs, outputs, name=name or f"{kind}_L{depth}_d{width}")
+
+
+# --- init-time propagation (Figs 1-7) ----------------------------------------------------
+
+
+def _changes(w, v, h0, g, alpha, linear=False):
+    """Forward and backward through res-3 blocks (ReLU, or the identity with ``linear``)
+    for many networks and columns."""
+    ws, vs = ops.moveaxis(w, 1, 0), ops.moveaxis(v, 1, 0)  # (L, N, d, d): scan over k
+    a = alpha[:, None, :]
+
+    def forward(h, weights):
+        w_k, v_k = weights
+        z = ops.matmul(w_k, h)
+        # kept as float: TensorFlow's scan stacks outputs of the carry's dtype
+        on = ops.ones_like(z) > 0 if linear else z > 0
+        return h + a * ops.matmul(v_k, ops.where(on, z, 0.0)), ops.cast(on, h.dtype)
+
+    def backward(grad, weights):
+        w_k, v_k, on = weights
+        inner = ops.where(on > 0, ops.matmul(ops.transpose(v_k, (0, 2, 1)), grad), 0.0)
+        return grad + a * ops.matmul(ops.transpose(w_k, (0, 2, 1)), inner), None
+
+    h_last, masks = scan(forward, h0, (ws, vs))
+    g_last = ops.broadcast_to(g[:, :, None], ops.shape(h0))
+    g_first, _ = scan(backward, g_last, (ws, vs, masks), reverse=True)
+
+    def norm(t):
+        return ops.sqrt(ops.sum(ops.square(t), axis=1))
+
+    h_norm, g_norm = norm(h0), norm(g_last)
+    return (norm(h_last - h0) / h_norm, norm(g_first - g_last) / g_norm,
+            norm(h_last) / h_norm, norm(g_first) / g_norm)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def propagate(w: np.ndarray, v: np.ndarray, h0: np.ndarray, g: np.ndarray,
+              alpha: np.ndarray, activation: str = "relu") -> dict[str, np.ndarray]:
+    """Output and gradient change at initialisation of res-3 nets, many columns at once
+    (SPEC §2.1 metrics, §2.5 vectorisation), on the Keras backend in float32.
+
+    Forward h_{k+1} = h_k + alpha V_k relu(W_k h_k) keeps the ReLU masks; backward from the
+    output gradient g (dl/dh_L is proportional to F^T: y is irrelevant) runs
+    g_k = g_{k+1} + alpha W_k^T (m_k * (V_k^T g_{k+1})). Each column has its own alpha, so
+    one network's every beta and input is one state (Fig 7: 70 x 10 columns). Values that
+    overflow float32 come back as inf or NaN: "exploded".
+
+    Args:
+        w, v: block weights (N, L, d, d), W_k[i, j] as in torch (N networks).
+        h0: initial states A x as columns (N, d, C).
+        g: output gradient direction per network, F^T (N, d).
+        alpha: the scale of each column (N, C), L^-beta.
+        activation: "relu" (the paper) or "linear" (the closed form's other case).
+            Defaults to "relu".
+
+    Returns:
+        ``out_diff`` = ||h_L - h_0|| / ||h_0||, ``grad_diff`` = ||g_0 - g_L|| / ||g_L||,
+        ``out_ratio`` = ||h_L|| / ||h_0||, ``grad_ratio`` = ||g_0|| / ||g_L||: numpy (N, C).
+    """
+    if activation not in ("relu", "linear"):
+        raise ValueError(f"activation must be 'relu' or 'linear'. Received: {activation=}")
+    key = f"{keras.backend.backend()}-{activation}"
+    if key not in _COMPILED:
+        linear = activation == "linear"
+        _COMPILED[key] = compiled(lambda *t: _changes(*t, linear=linear))
+    fn = _COMPILED[key]
+    tensors = [ops.convert_to_tensor(np.asarray(t, np.float32)) for t in (w, v, h0, g, alpha)]
+    names = ("out_diff", "grad_diff", "out_ratio", "grad_ratio")
+    return {n: ops.convert_to_numpy(t).astype(np.float64)
+            for n, t in zip(names, fn(*tensors), strict=True)}

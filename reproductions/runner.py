@@ -116,8 +116,9 @@ class Study:
             the job's identity).
         splits: config -> {"train"/"val"/"test": (source, indices into source)}; the runner
             refuses a job whose parts share an image (checked before any run).
-        figures: (table id, base config, outcomes, profile) -> {name: matplotlib figure},
-            drawn from the outcomes as the store holds them.
+        figures: (table id, base config, outcomes, profile) -> {name: matplotlib figure,
+            or name ending in ".csv": its text}, drawn from the outcomes as the store
+            holds them.
     """
 
     name: str
@@ -613,24 +614,33 @@ def _write_report(study: Study, table: str, profile: str, env_tags: Mapping[str,
             echo(f"  {outcome.job.label}: {outcome.status} ({outcome.message})")
     stem = f"{study.name}_table{table}_{profile}_{env_tags['backend']}"
     meta = "\n".join(f"- {k}: {v}" for k, v in sorted(env_tags.items()))
-    pictures = "".join(f"\n![{name}]({stem}_{name}.png)\n" for name in figures)
+    pictures = "".join(f"\n![{name}]({stem}_{name}.png)\n" for name, item in figures.items()
+                       if not isinstance(item, str))
     body = (f"{report.markdown_table(rows)}\n\n## Runs\n\n{_jobs_table(outcomes)}\n")
     markdown = (f"# {title}\n\n{body}{pictures}\nEnvironment of this invocation:\n{meta}\n")
-    tracking.set_tags({tracking.TAG_NOTE: f"## {title}\n\n{body}\nFigures: "
-                       + (", ".join(f"`figures/{n}.png`" for n in figures) or "none")
+    names = {name: name if isinstance(item, str) else f"{name}.png"
+             for name, item in figures.items()}
+    tracking.set_tags({tracking.TAG_NOTE: f"## {title}\n\n{body}\nFigures and data: "
+                       + (", ".join(f"`figures/{n}`" for n in names.values()) or "none")
                        + " (artifacts of this run)."})
     tracking.log_text(markdown, f"{stem}.md")
     tracking.log_text(report.csv_table(rows), f"{stem}.csv")
-    for name, figure in figures.items():
-        tracking.log_figure(figure, f"figures/{name}.png")
+    for name, item in figures.items():
+        if isinstance(item, str):
+            tracking.log_text(item, f"figures/{name}")
+        else:
+            tracking.log_figure(item, f"figures/{names[name]}")
     if results_dir is not None:
         folder = Path(results_dir)
         files.write_text(folder / f"{stem}.md", markdown)
         files.write_text(folder / f"{stem}.csv", report.csv_table(rows))
-        for name, figure in figures.items():
+        for name, item in figures.items():
+            if isinstance(item, str):
+                files.write_text(folder / f"{stem}_{name}", item)
+                continue
             files.ensure_space(folder, 4 << 20, f"the figure {name}")
-            with files.atomic_path(folder / f"{stem}_{name}.png", suffix=".png") as tmp:
-                figure.savefig(tmp, dpi=110)
+            with files.atomic_path(folder / f"{stem}_{names[name]}", suffix=".png") as tmp:
+                item.savefig(tmp, dpi=110)
         echo(f"table written to {folder / (stem + '.md')}"
              + (f" with {len(figures)} figure(s)" if figures else ""))
     sys.stdout.flush()
