@@ -51,5 +51,5 @@ def compiled(fn: Callable) -> Callable:
     if name == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)
+        return tf.function(fn)  # one trace per shape: Keras' TF scan needs static lengths
     return fn
