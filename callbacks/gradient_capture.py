@@ -35,7 +35,10 @@ would sync the device every step);
 - ``last_global_norm``, ``last_clip_factor`` (1 without clipping);
 - ``nonfinite_steps``: how many steps had a NaN/Inf gradient (never reset), so that
   divergence is seen whatever a kernel later does with the NaN (a callback reads it once
-  per epoch: :class:`depthlab.callbacks.divergence.DivergenceGuard`).
+  per epoch: :class:`depthlab.callbacks.divergence.DivergenceGuard`);
+- ``last_slice_norms``: for the variables named in ``slices`` (stacked per-block weights
+  such as Marion's (L, d, d) ``V``), the L2 norm of each slice along axis 0 of the latest
+  gradient, concatenated: per-block norms without one variable per block.
 
 Everything is backend-agnostic ``keras.ops`` (compiled into the step under JAX and
 TensorFlow); the per-tensor reductions come from :mod:`depthlab.backend.grads`, which
@@ -75,6 +78,8 @@ class GradientCapture(keras.optimizers.Optimizer):
         loss_scale_factor: a static loss scale to undo before measuring. Defaults to
             the wrapped optimizer's ``loss_scale_factor`` (which moves to the wrapper).
         name: the optimizer's name. Defaults to an automatic name.
+        slices: variables (paths ending in one of these, e.g. ``"blocks/V"``) whose
+            gradients are also measured per slice along axis 0. Defaults to none.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class GradientCapture(keras.optimizers.Optimizer):
         inner_optimizer: keras.optimizers.Optimizer | str | dict,
         loss_scale_factor: float | None = None,
         name: str | None = None,
+        slices: tuple[str, ...] | list[str] = (),
     ) -> None:
         inner = keras.optimizers.get(inner_optimizer)
         if isinstance(inner, GradientCapture):
@@ -91,6 +97,7 @@ class GradientCapture(keras.optimizers.Optimizer):
             )
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner
+        self.slices = tuple(slices)
         self.loss_scale_factor = loss_scale_factor or inner.loss_scale_factor
         inner.loss_scale_factor = None  # unscaled once, here, before measuring
 
@@ -107,6 +114,12 @@ class GradientCapture(keras.optimizers.Optimizer):
         self.steps = self.add_variable((), "zeros", "int32", name="steps")
         self.nonfinite_steps = self.add_variable((), "zeros", "int32", name="nonfinite_steps")
         self._sizes = np.array([max(int(np.prod(v.shape)), 1) for v in var_list], "float32")
+        self._sliced = [i for i, v in enumerate(var_list) if self.slices
+                        and v.path.endswith(self.slices) and len(v.shape) >= 2]
+        if self._sliced:
+            total = sum(int(var_list[i].shape[0]) for i in self._sliced)
+            self.last_slice_norms = self.add_variable((total,), "zeros", "float32",
+                                                      name="last_slice_norms")
         if not self.inner_optimizer.built:
             self.inner_optimizer.build(var_list)
         super().build(var_list)
@@ -120,6 +133,13 @@ class GradientCapture(keras.optimizers.Optimizer):
     def sizes(self) -> np.ndarray:
         """Number of values of each tracked variable (float32), in order."""
         return self._sizes
+
+    @property
+    def slice_labels(self) -> list[str]:
+        """``"<variable path>[k]"`` for each entry of ``last_slice_norms``."""
+        variables = self._trainable_variables
+        return [f"{variables[i].path}[{k}]" for i in self._sliced
+                for k in range(int(variables[i].shape[0]))]
 
     @property
     def tracked_variables(self) -> list:
@@ -175,6 +195,12 @@ class GradientCapture(keras.optimizers.Optimizer):
         if self.clipnorm_global is not None:
             self.assign(self.last_clip_factor, ops.minimum(1.0, self.clipnorm_global / global_norm))
         self.assign_add(self.steps, ops.ones((), "int32"))
+        if self._sliced:
+            by_index = {i: g for i, (_, g) in zip(index, pairs, strict=True)}
+            parts = [_slice_norms(by_index[i]) if i in by_index
+                     else ops.zeros((self._trainable_variables[i].shape[0],), "float32")
+                     for i in self._sliced]
+            self.assign(self.last_slice_norms, ops.concatenate(parts))
         finite = ops.isfinite(global_norm)  # NaN/Inf in any gradient reaches its norm
         self.assign_add(self.nonfinite_steps, ops.cast(ops.logical_not(finite), "int32"))
 
@@ -185,12 +211,14 @@ class GradientCapture(keras.optimizers.Optimizer):
 
         Returns:
             ``last_norm``, ``last_mean_abs``, ``sum_norm``, ``sum_mean_abs`` (one entry per
-            tracked variable), ``last_global_norm``,
+            tracked variable), ``slice_norms`` (see ``slices``), ``last_global_norm``,
             ``last_clip_factor``, ``steps`` and ``iterations`` (scalars).
         """
         out = {k: np.asarray(ops.convert_to_numpy(getattr(self, k))) for k in _STATS + _SCALARS}
         out["last_mean_abs"] = out.pop("last_sum_abs") / self._sizes
         out["sum_mean_abs"] = out.pop("sum_sum_abs") / self._sizes
+        out["slice_norms"] = (np.asarray(ops.convert_to_numpy(self.last_slice_norms))
+                              if self._sliced else np.zeros(0, "float32"))
         out["steps"] = np.asarray(ops.convert_to_numpy(self.steps))
         out["iterations"] = np.asarray(ops.convert_to_numpy(self.iterations))
         return out
@@ -229,6 +257,7 @@ class GradientCapture(keras.optimizers.Optimizer):
             "name": self.name,
             "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
             "loss_scale_factor": self.loss_scale_factor,
+            "slices": list(self.slices),
         }
 
     @classmethod
@@ -238,6 +267,15 @@ class GradientCapture(keras.optimizers.Optimizer):
             config.pop("inner_optimizer"), custom_objects=custom_objects
         )
         return cls(inner, **config)
+
+
+def _slice_norms(gradient: Any) -> Any:
+    """L2 norm of each slice along axis 0, scaled by the slice's max |g| so that tiny
+    gradients do not flush to zero when squared in float32."""
+    g = ops.cast(ops.convert_to_tensor(gradient), "float32")
+    axes = tuple(range(1, len(g.shape)))
+    scale = ops.maximum(ops.max(ops.abs(g), axis=axes, keepdims=True), 1e-30)
+    return ops.sqrt(ops.sum(ops.square(g / scale), axis=axes)) * ops.reshape(scale, (-1,))
 
 
 def find_capture(optimizer: Any) -> GradientCapture | None:

@@ -100,6 +100,7 @@ class GradientLogger(keras.callbacks.Callback):
         self.group = group
         self.log_to_mlflow = log_to_mlflow
         self._capture: GradientCapture | None = None
+        self._slice_labels: list[str] = []
         self._reset([], np.zeros(0, int), None)
 
     # === State ===
@@ -114,8 +115,9 @@ class GradientLogger(keras.callbacks.Callback):
         self._epoch_steps: list[int] = []
         self._steps: list[int] = []
         self._step_rows: dict[str, list] = {
-            k: [] for k in ("norm", "mean_abs", "global_norm", "clip_factor")
+            k: [] for k in ("norm", "mean_abs", "global_norm", "clip_factor", "slices")
         }
+        self._epoch_slices: list[np.ndarray] = []
         self._count = 0  # optimizer steps done before the current epoch
         self._last_row_count = 0
 
@@ -143,6 +145,14 @@ class GradientLogger(keras.callbacks.Callback):
         out["step_mean_abs"] = matrix(self._step_rows["mean_abs"])
         out["global_norm"] = np.array(self._step_rows["global_norm"], "float64")
         out["clip_factor"] = np.array(self._step_rows["clip_factor"], "float64")
+        k = len(self._slice_labels)
+
+        def slices(rows: list) -> np.ndarray:
+            return np.array(rows, "float32").reshape(len(rows), k)
+
+        out["slice_labels"] = list(self._slice_labels)
+        out["step_slice_norms"] = slices(self._step_rows["slices"])
+        out["epoch_slice_norms"] = slices(self._epoch_slices)
         return out
 
     @property
@@ -183,6 +193,7 @@ class GradientLogger(keras.callbacks.Callback):
         if len(labels) > self.max_tensors:
             labels, groups = self._grouping(labels, capture.sizes[index])
         self._reset(labels, index, groups)
+        self._slice_labels = capture.slice_labels
         self._count = int(keras.ops.convert_to_numpy(capture.iterations))
         self._last_row_count = self._count
 
@@ -212,6 +223,7 @@ class GradientLogger(keras.callbacks.Callback):
         rows["last_mean_abs"].append(last_mean)
         rows["mean_norm"].append(mean_norm)
         rows["mean_mean_abs"].append(mean_mean)
+        self._epoch_slices.append(values["slice_norms"].astype("float32"))
         if self.log_to_mlflow and len(self._labels):
             self._log_epoch(epoch, values, last_mean, mean_norm)
 
@@ -223,7 +235,7 @@ class GradientLogger(keras.callbacks.Callback):
 
     def backup_state(self, folder: Path) -> dict:
         h = self.history
-        arrays = {k: v for k, v in h.items() if k != "labels"}
+        arrays = {k: v for k, v in h.items() if k not in ("labels", "slice_labels")}
         np.savez(folder / "gradient_history.npz", **arrays)
         return {"labels": h["labels"], "count": self._count,
                 "last_row_count": self._last_row_count}
@@ -241,7 +253,9 @@ class GradientLogger(keras.callbacks.Callback):
         self._steps = h["steps"].tolist()
         self._step_rows = {"norm": list(h["step_norms"]), "mean_abs": list(h["step_mean_abs"]),
                            "global_norm": h["global_norm"].tolist(),
-                           "clip_factor": h["clip_factor"].tolist()}
+                           "clip_factor": h["clip_factor"].tolist(),
+                           "slices": list(h["step_slice_norms"])}
+        self._epoch_slices = list(h["epoch_slice_norms"])
         self._count, self._last_row_count = int(state["count"]), int(state["last_row_count"])
 
     # === Entries and groups ===
@@ -286,6 +300,7 @@ class GradientLogger(keras.callbacks.Callback):
         self._step_rows["mean_abs"].append(mean_abs)
         self._step_rows["global_norm"].append(float(values["last_global_norm"]))
         self._step_rows["clip_factor"].append(float(values["last_clip_factor"]))
+        self._step_rows["slices"].append(values["slice_norms"].astype("float32"))
 
     def _log_epoch(self, epoch: int, values: dict[str, np.ndarray], last_mean: np.ndarray,
                    mean_norm: np.ndarray) -> None:
@@ -300,6 +315,13 @@ class GradientLogger(keras.callbacks.Callback):
             metrics["grad/first_last_ratio"] = float(mean_norm[0] / mean_norm[-1])
         if self._capture.clipnorm_global is not None:
             metrics["grad/clip_factor"] = float(values["last_clip_factor"])
+        slices = values["slice_norms"]
+        if len(slices):  # per-block norms of stacked weights: summaries only (SPEC §0.2)
+            metrics.update({"grad/slice_total": float(np.sqrt(np.sum(slices**2))),
+                            "grad/slice_min": float(slices.min()),
+                            "grad/slice_max": float(slices.max())})
+            if slices[-1] > 0:
+                metrics["grad/slice_first_last_ratio"] = float(slices[0] / slices[-1])
         if self.per_layer_enabled:
             for label, value in zip(self._labels, last_mean, strict=True):
                 metrics[f"grad_mean_abs/{_KEY_CHARS.sub('_', label)}"] = float(value)
@@ -331,6 +353,12 @@ class GradientLogger(keras.callbacks.Callback):
         if len(h["steps"]):
             figure = plots.gradient_heatmap(h["steps"], h["labels"], h["step_norms"])
             tracking.log_figure(figure, "gradients/norms_heatmap.png")
+        if h["slice_labels"] and len(h["steps"]):
+            text = _csv("step", h["steps"], h["slice_labels"], h["step_slice_norms"])
+            tracking.log_text(text, "gradients/step_slice_norms.csv")
+            figure = plots.gradient_heatmap(h["steps"], h["slice_labels"], h["step_slice_norms"],
+                                            ylabel="block (slice of the stacked weight)")
+            tracking.log_figure(figure, "gradients/slice_norms_heatmap.png")
 
 
 def _csv(index_name: str, index: np.ndarray, labels: list[str], matrix: np.ndarray) -> str:

@@ -103,7 +103,8 @@ def training_curves(history: Mapping[str, Sequence[float]], title: str) -> Figur
     return figure
 
 
-def gradient_heatmap(steps: np.ndarray, labels: Sequence[str], norms: np.ndarray) -> Figure:
+def gradient_heatmap(steps: np.ndarray, labels: Sequence[str], norms: np.ndarray,
+                     ylabel: str = "variable (model order)") -> Figure:
     """A [label x step] heatmap of log10 gradient norm (zeros left blank)."""
     with np.errstate(divide="ignore"):
         image = np.ma.masked_invalid(np.log10(np.asarray(norms, "float64").T))
@@ -116,7 +117,7 @@ def gradient_heatmap(steps: np.ndarray, labels: Sequence[str], norms: np.ndarray
     if len(labels) <= 60:
         axes.set_yticks(range(len(labels)), labels, fontsize=6)
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("variable (model order)")
+    axes.set_ylabel(ylabel)
     figure.colorbar(mesh, ax=axes, label="log10 ||grad||")
     return figure
 

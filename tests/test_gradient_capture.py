@@ -324,3 +324,30 @@ def test_logger_aggregates_many_tensors_per_group():
                     (mean_abs[0::2] * 16 + mean_abs[1::2] * 4) / 20, rtol=1e-6)
     assert groups["step_norms"].shape == (2, 6)
     assert sizes.sum() == sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+
+
+def test_per_block_norms_of_a_stacked_weight():
+    """``slices``: the gradient of a stacked (L, d, d) weight measured per block, equal to
+    the norms of its slices computed by hand; summaries per epoch, the matrix in history."""
+    from depthlab.layers.scaled_residual import build_resnet
+
+    model = build_resnet("res1", depth=6, width=4, beta=0.5, num_inputs=3, num_outputs=2,
+                         seed=0)
+    capture = GradientCapture(keras.optimizers.SGD(0.0), slices=("blocks/V",))
+    model.compile(capture, "mse")
+    logger = GradientLogger(every_n_steps=1, log_to_mlflow=False)
+    x = np.random.default_rng(0).random((8, 3)).astype("float32")
+    y = np.zeros((8, 2), "float32")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[logger], shuffle=False)
+    history = logger.history
+    assert history["slice_labels"] == [f"blocks/V[{k}]" for k in range(6)]
+    v = model.get_layer("blocks").V
+    index = [i for i, var in enumerate(capture.tracked_variables) if var is v][0]
+    full_norm = capture.read()["last_norm"][index]
+    per_block = history["epoch_slice_norms"][-1]
+    assert per_block.shape == (6,) and (per_block > 0).all()
+    assert_allclose(np.sqrt(np.sum(per_block.astype("float64") ** 2)), full_norm, rtol=1e-5)
+    assert history["step_slice_norms"].shape == (1, 6)
+    config = capture.get_config()
+    assert config["slices"] == ["blocks/V"]
+    assert GradientCapture.from_config(config).slices == ("blocks/V",)
