@@ -91,6 +91,9 @@ class ImageBatches(keras.utils.PyDataset):
             from (seed, pass). A resumed ``fit`` (``initial_epoch`` k, with
             :meth:`epoch_callback`) continues the stream at batch k * steps_per_epoch.
             Defaults to False.
+        flatten: give each image as one vector in channel-major (C, H, W) order, as
+            torchvision's ``ToTensor`` then ``view(-1)`` (Marion's MLP inputs, SPEC §2.3).
+            Defaults to False.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of PyDataset.
     """
 
@@ -110,6 +113,7 @@ class ImageBatches(keras.utils.PyDataset):
         pad: int = 4,
         transform: Transform | None = None,
         repeat: bool = False,
+        flatten: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -125,6 +129,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.augment, self.shuffle, self.seed, self.pad = augment, shuffle, seed, pad
         self.transform = transform
         self.repeat = repeat
+        self.flatten = flatten
         self.epoch = start_epoch
         self._served: set[int] = set()
         self._stream_offset = 0  # repeat: stream batches that fit's indices start after
@@ -169,6 +174,8 @@ class ImageBatches(keras.utils.PyDataset):
         if self.transform is not None:
             scaled = self.transform(scaled, rng)
         batch = _standardize(scaled, self.mean, self.std)
+        if self.flatten:  # torchvision's ToTensor then view(-1): channels first
+            return batch.transpose(0, 3, 1, 2).reshape(len(batch), -1), self.y[idx]
         return (batch[..., 0] if channel_last else batch), self.y[idx]
 
     def on_epoch_end(self) -> None:

@@ -229,16 +229,23 @@ def histograms(series: Mapping[str, np.ndarray], title: str) -> Figure:
     return figure
 
 
-def paths(series: Mapping[str, np.ndarray], title: str, xlabel: str = "t") -> Figure:
-    """Paths on [0, 1] on one axis (the paper's Fig 6)."""
-    figure = Figure(figsize=(7, 4), layout="constrained")
-    axes = figure.add_subplot()
-    for name, values in series.items():
+def paths(series: Mapping[str, np.ndarray], title: str, xlabel: str = "t",
+          separate: bool = False) -> Figure:
+    """Paths on [0, 1], on one axis (the paper's Fig 6) or one panel each (Fig 8)."""
+    count = len(series) if separate else 1
+    figure = Figure(figsize=(4.5 * count if separate else 7, 4), layout="constrained")
+    panels = np.atleast_1d(figure.subplots(1, count))
+    for i, (name, values) in enumerate(series.items()):
+        axes = panels[i if separate else 0]
         values = np.asarray(values, dtype=float)
         axes.plot(np.linspace(0, 1, len(values)), values, linewidth=0.8, label=name)
-    axes.set_xlabel(xlabel)
-    axes.legend()
-    axes.grid(True, alpha=0.3)
+        if separate:
+            axes.set_title(name, fontsize=9)
+    for axes in panels:
+        axes.set_xlabel(xlabel)
+        axes.grid(True, alpha=0.3)
+    if not separate:
+        panels[0].legend()
     _title(figure, title)
     return figure
 

@@ -7,6 +7,10 @@ alpha_L = L^-beta scales each of L residual blocks. The figures, one table each:
   ``fig4`` / ``fig5``  out_diff / grad_diff vs L, smooth (GP) blocks, beta = 2, 1/2, 1
   ``fig6``             three fBm paths (H 0.2 / 0.5 / 0.8) and the exact sampler's covariance
   ``fig7``             heatmaps of mean log10 out_diff / grad_diff over (beta, H), fBm blocks
+  ``fig8``             res-1 (d=30, L=1000) trained on MNIST: one weight entry V_k[i,j] vs k
+                       for (beta, init) = (1, smooth), (1, iid), (1/2, iid); per-block gradients
+  ``fig9``             res-1 with fBm blocks trained on MNIST and CIFAR-10 over (beta, H) x lr:
+                       the best test accuracy of each cell ("explosion" where training diverged)
 
 Each plotted point pools ``nets`` networks (fresh weights and input each; mean and 95 %
 bootstrap interval). Figs 1 and 3 (and 4 and 5) are two views of the same jobs: the second
@@ -17,7 +21,10 @@ overflow are "exploded". Each figure comes with a CSV of every per-sample value,
 table ends with the regimes found set beside the paper's claims and the closed form
 (1 + L^-2beta / 2)^L, and the acceptance checks of SPEC §2.7 (holds / FAILS).
 
-Profiles: ``paper`` is every grid of SPEC §2.1; ``quick`` the CPU-minutes subsets of §2.5.
+Figs 8-9 train with the recipe of SPEC §2.4 (Adam, StepLR per epoch, batch 128, no
+normalisation, images flattened in (C, H, W) order); one job per trained network, so Fig 9
+resumes per cell. Profiles: ``paper`` is every grid of SPEC §2.1; ``quick`` the CPU-minutes
+subsets of §2.5 (Fig 9: three MNIST cells on 2,000 / 1,000 images, lr 1e-2, 5 epochs).
 
 Usage:
     python -m depthlab.reproductions.marion --table fig7 --profile quick --backend jax
@@ -39,7 +46,11 @@ from depthlab import config as configs
 from depthlab.report import Comparison, claim
 from depthlab.reproductions.runner import Context, Job, Outcome, Study
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7")
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9")
+FIG9_GRID = tuple(float(v) for v in np.round(np.linspace(0.1, 0.9, 10), 6))  # beta and H
+FIG9_LRS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+FIG9_QUICK_CELLS = ((0.9, 0.5), (0.9, 0.9), (0.1, 0.9))
+FIG8_CONFIGS = ((1.0, "smooth"), (1.0, "iid"), (0.5, "iid"))
 MEMORY_LIMIT = 1 << 30  # bytes one propagation holds at most (weights, states, masks)
 
 
@@ -51,7 +62,7 @@ class MarionConfig:
     grids below are what a user may change with ``--set``.
     """
 
-    task: Literal["changes", "fbm", "heatmap"] = "changes"
+    task: Literal["changes", "fbm", "heatmap", "train"] = "changes"
     init: Literal["iid", "smooth", "fbm"] = "iid"
     width: int = 40  # d
     inputs: int = 64  # n_in of the synthetic x ~ U[0,1)^64
@@ -66,12 +77,25 @@ class MarionConfig:
     hursts: tuple[float, ...] = tuple(np.round(np.linspace(0.05, 0.97, 51), 6))  # Fig 7
     inputs_per_net: int = 10  # Fig 7: fresh inputs per network, all betas reuse it
     paths: int = 20_000  # Fig 6: fGn paths of the covariance check
+    # training, Figs 8-9 (SPEC §2.3-2.4): res-1, d = 30, L = depth
+    dataset: Literal["mnist", "cifar10"] = "mnist"
+    lr: float = 1e-2  # this job's initial learning rate
+    epochs: int = 10
+    lr_step: int = 5  # StepLR: lr x 0.1 every lr_step epochs (Fig 8: constant)
+    batch_size: int = 128
+    train_images: int = 0  # 0: the whole training file; N: its first N images
+    test_images: int = 0  # 0: the whole test file; N: its first N
+    selection: Literal["test", "val"] = "test"  # Fig 9: pick the lr on test (paper) or val
+    val_images: int = 5000  # held out of the training images when selection="val"
+    grad_every: int = 50  # per-block gradient norms every N steps (Fig 8)
     seed: int = 0
 
     def __post_init__(self) -> None:
         configs.check(self, positive=("width", "inputs", "nets", "depth", "betas",
-                                      "inputs_per_net", "paths"),
-                      non_negative=("beta", "beta_max", "part", "seed"))
+                                      "inputs_per_net", "paths", "lr", "epochs", "lr_step",
+                                      "batch_size", "val_images", "grad_every"),
+                      non_negative=("beta", "beta_max", "part", "seed", "train_images",
+                                    "test_images"))
         if not self.depths or min(self.depths) < 1:
             raise configs.ConfigError(f"depths={self.depths}: positive depths needed")
         for h in (self.hurst, *self.hursts):
@@ -122,6 +146,9 @@ def label(key: str, config: MarionConfig) -> str:
             f", part {config.part}" if config.part else "")
     if config.task == "heatmap":
         return f"fBm H={config.hurst:g}, L={config.depth}"
+    if config.task == "train":
+        blocks = f"fBm H={config.hurst:g}" if config.init == "fbm" else config.init
+        return f"{config.dataset}, beta={config.beta:g}, {blocks}, lr {config.lr:g}"
     return "fBm paths and sampler covariance"
 
 
@@ -148,6 +175,9 @@ def _key(config: MarionConfig) -> str:
         return base + (f"_part{config.part}" if config.width == 100 else "")
     if config.task == "heatmap":
         return f"H{config.hurst:g}"
+    if config.task == "train":
+        blocks = f"H{config.hurst:g}" if config.init == "fbm" else config.init
+        return f"{config.dataset}_beta{config.beta:g}_{blocks}_lr{config.lr:g}"
     return "fbm"
 
 
@@ -171,20 +201,47 @@ def fig7_jobs(config: MarionConfig, rows, profile: str = "paper") -> list[Job]:
                   for h in config.hursts], rows)
 
 
+def _training(config: MarionConfig, profile: str, **fields) -> MarionConfig:
+    """A training job: res-1, d=30; quick runs on 2,000 / 1,000 MNIST images (SPEC §2.5)."""
+    quick = dict(train_images=2000, test_images=1000) if profile == "quick" else {}
+    return dataclasses.replace(config, task="train", width=30, **quick, **fields)
+
+
+def fig8_jobs(config: MarionConfig, rows, profile: str = "paper") -> list[Job]:
+    """Fig 8: lr 1e-2 constant, 10 epochs (paper; quick: 1 epoch), no block biases."""
+    epochs = 1 if profile == "quick" else 10
+    return _keep([_training(config, profile, init=init, beta=beta, lr=1e-2, lr_step=1000,
+                            epochs=epochs, dataset="mnist")
+                  for beta, init in FIG8_CONFIGS], rows)
+
+
+def fig9_jobs(config: MarionConfig, rows, profile: str = "paper") -> list[Job]:
+    """Fig 9: every (dataset, beta, H, lr) of SPEC §2.1 (quick: three MNIST cells at 1e-2)."""
+    if profile == "quick":
+        cells = [("mnist", b, h, 1e-2) for b, h in FIG9_QUICK_CELLS]
+        fields = dict(epochs=5, lr_step=5)
+    else:
+        cells = [(d, b, h, lr) for d in ("mnist", "cifar10") for b in FIG9_GRID
+                 for h in FIG9_GRID for lr in FIG9_LRS]
+        fields = dict(epochs=10, lr_step=5)
+    return _keep([_training(config, profile, init="fbm", dataset=d, beta=b, hurst=h, lr=lr,
+                            **fields) for d, b, h, lr in cells], rows)
+
+
 def _table(name: str):
     return lambda config, rows, profile="paper": _changes_jobs(name, config, rows, profile)
 
 
 TABLES = {"fig1": _table("fig1"), "fig2": fig2_jobs, "fig3": _table("fig3"),
           "fig4": _table("fig4"), "fig5": _table("fig5"), "fig6": fig6_jobs,
-          "fig7": fig7_jobs}
+          "fig7": fig7_jobs, "fig8": fig8_jobs, "fig9": fig9_jobs}
 
 
 def all_rows(table: str) -> list[str]:
     """Every row key a table can have (for ``--rows`` and ``--list``), paper grids."""
-    if table == "fig2":
-        return [j.key for j in fig2_jobs(PAPER, None, "paper")]
-    return [j.key for j in TABLES[table](PAPER, None, "paper")]
+    keys = [j.key for j in TABLES[table](PAPER, None, "paper")]
+    quick = [j.key for j in TABLES[table](QUICK, None, "quick")]
+    return list(dict.fromkeys(keys + quick))
 
 
 # --- execution ---------------------------------------------------------------------------
@@ -324,9 +381,88 @@ def execute_fbm(job: Job, ctx: Context) -> dict:
             "worst_var_sum_error": float(np.abs(var_sum - 1).max())}
 
 
+def training_parts(config: MarionConfig) -> dict[str, tuple[str, np.ndarray]]:
+    """Each part's (file part, indices): the first ``train_images`` / ``test_images`` (all
+    when 0), and with ``selection="val"`` 5,000 training images held out at random (seed 0)."""
+    sizes = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}[config.dataset]
+    train = np.arange(config.train_images or sizes[0])
+    test = np.arange(config.test_images or sizes[1])
+    parts = {"train": (f"{config.dataset}:train", train)}
+    if config.selection == "val":
+        held = np.sort(np.random.default_rng(0).choice(train, config.val_images, replace=False))
+        parts = {"train": (f"{config.dataset}:train", np.setdiff1d(train, held)),
+                 "val": (f"{config.dataset}:train", held)}
+    return {**parts, "test": (f"{config.dataset}:test", test)}
+
+
+def _training_data(config: MarionConfig) -> dict:
+    """uint8 images and labels of each part (SPEC §2.3: torchvision's files and order)."""
+    from depthlab import data
+
+    dataset = data.mnist() if config.dataset == "mnist" else data.cifar(10, "official")
+    out = {}
+    for part, (source, idx) in training_parts(config).items():
+        split = dataset.train if source.endswith(":train") else dataset.test
+        out[part] = data.Split(split.x[idx], split.y[idx])
+    return out
+
+
+def roughness(v: np.ndarray) -> float:
+    """Mean over entries (i, j) of mean_k |V_{k+1}[i,j] - V_k[i,j]| / std_k V_k[i,j]: about
+    2/sqrt(pi) = 1.13 for i.i.d. weights, near 0 for weights smooth in k (Fig 8)."""
+    v = np.asarray(v, dtype=np.float64)
+    steps = np.abs(np.diff(v, axis=0)).mean(axis=0)
+    return float(np.mean(steps / np.maximum(v.std(axis=0), 1e-12)))
+
+
+def execute_train(job: Job, ctx: Context) -> dict:
+    """Figs 8-9: train one res-1 net (SPEC §2.4) and evaluate it; per-block gradient norms
+    of V every ``grad_every`` steps; one entry V_k[i, j] before and after training."""
+    import keras
+    from keras import ops
+
+    from depthlab import augment
+    from depthlab.callbacks import GradientCapture, GradientLogger
+    from depthlab.layers.scaled_residual import build_resnet
+    from depthlab.schedules import EpochStep
+
+    config = job.config
+    parts = _training_data(config)
+    train = augment.ImageBatches(parts["train"].x, parts["train"].y, config.batch_size,
+                                 shuffle=True, seed=config.seed, flatten=True)
+    inputs = int(np.prod(parts["train"].x.shape[1:]))
+    model = build_resnet("res1", config.depth, config.width, config.beta, config.init,
+                         num_inputs=inputs, num_outputs=10,
+                         hurst=config.hurst if config.init == "fbm" else None, seed=config.seed)
+    adam = keras.optimizers.Adam(EpochStep(config.lr, 0.1, config.lr_step, len(train)),
+                                 beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    model.compile(GradientCapture(adam, slices=("blocks/V",)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    blocks = model.get_layer("blocks")
+    before = ops.convert_to_numpy(blocks.V)
+    logger = GradientLogger(every_n_steps=config.grad_every, per_layer_metrics=False)
+    history = ctx.fit(model, train, epochs=config.epochs, callbacks=[logger])
+    after = ops.convert_to_numpy(blocks.V)
+    i, j = np.random.default_rng([config.seed, 8]).integers(0, config.width, 2)
+    results = {"train_loss": history["loss"][-1], "train_acc": history["accuracy"][-1],
+               "roughness_init": roughness(before), "roughness_trained": roughness(after),
+               "v_entry_init": before[:, i, j], "v_entry_trained": after[:, i, j],
+               "v_entry_index": np.array([i, j]),
+               "block_grad_norms": logger.history["epoch_slice_norms"]}
+    for part in ("val", "test"):
+        if part in parts:
+            batches = augment.ImageBatches(parts[part].x, parts[part].y, 256, flatten=True)
+            scores = model.evaluate(batches, return_dict=True, verbose=0)
+            results[f"{part}_acc"], results[f"{part}_loss"] = (float(scores["accuracy"]),
+                                                               float(scores["loss"]))
+    ctx.echo(f"[{job.label}] test accuracy {results['test_acc']:.3f}")
+    return results
+
+
 def execute(job: Job, ctx: Context) -> dict:
     return {"changes": execute_changes, "heatmap": execute_heatmap,
-            "fbm": execute_fbm}[job.config.task](job, ctx)
+            "fbm": execute_fbm, "train": execute_train}[job.config.task](job, ctx)
 
 
 def _mean(values: np.ndarray) -> float:
@@ -337,6 +473,18 @@ def _mean(values: np.ndarray) -> float:
 
 def prepare(config: MarionConfig) -> None:
     """Refuse a grid whose propagation would not fit in memory, before any run."""
+    if config.task == "train":
+        sizes = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}[config.dataset]
+        for field, size in zip(("train_images", "test_images"), sizes, strict=True):
+            if getattr(config, field) > size:
+                raise configs.ConfigError(f"{field}={getattr(config, field)}: "
+                                          f"{config.dataset} has {size:,} images for it")
+        if config.selection == "val" and config.val_images >= len(
+                training_parts(dataclasses.replace(config, selection="test"))["train"][1]):
+            raise configs.ConfigError(f"val_images={config.val_images}: more than the "
+                                      "training images it is held out of")
+        _training_data(config)  # missing data stops the table now
+        return
     if config.task == "changes":
         need = propagation_bytes(max(config.depths), config.width, 1, 1)
     elif config.task == "heatmap":
@@ -371,6 +519,10 @@ def report(table: str, config: MarionConfig, outcomes: list[Outcome],
         return _report_fig2(config, outcomes, paper, profile)
     if table == "fig6":
         return _report_fig6(outcomes)
+    if table == "fig8":
+        return _report_fig8(outcomes)
+    if table == "fig9":
+        return _report_fig9(outcomes, paper, profile)
     return _report_fig7(outcomes, paper)
 
 
@@ -569,6 +721,81 @@ def _report_fig7(outcomes: list[Outcome], paper: dict) -> list[Comparison]:
     return rows + checks
 
 
+def _report_fig8(outcomes: list[Outcome]) -> list[Comparison]:
+    rows: list[Comparison] = []
+    rough = []
+    for o in outcomes:
+        if o.status in ("diverged", "failed"):
+            rows.append(claim(f"{o.job.label} trained to the end", None, False, "finished",
+                              o.message or o.status))
+            continue
+        r = o.results
+        rows += [Comparison(o.job.label, "test accuracy", None, r.get("test_acc"), "", digits=3),
+                 Comparison(o.job.label, "roughness of V along k, at init", None,
+                            r.get("roughness_init"), "i.i.d. ~ 2/sqrt(pi) = 1.13", digits=3),
+                 Comparison(o.job.label, "roughness of V along k, trained", None,
+                            r.get("roughness_trained"), "", digits=3)]
+        rough.append((o.job.label, o.job.config.init, r.get("roughness_trained")))
+    source = "SPEC §2.1 Fig 8 (READING, UNVERIFIED: no numbers in the paper)"
+    for name, init, value in rough:  # training keeps the init's regularity in k
+        smooth = init == "smooth"
+        rows.append(claim(f"{name}: stays {'smooth' if smooth else 'rough'} after training "
+                          "(roughness)", value, value < 0.2 if smooth else value > 0.8,
+                          "< 0.2" if smooth else "> 0.8", source, 3))
+    return rows
+
+
+def fig9_cells(outcomes: list[Outcome], selection: str = "test") -> dict:
+    """(dataset, beta, H) -> (best test accuracy over lr, chosen lr, exploded lrs).
+
+    ``selection="test"``: the lr with the best test accuracy (the paper's choice);
+    ``"val"``: the lr with the best held-out accuracy, reporting its test accuracy. A run
+    that diverged is an explosion: it counts as chance and is listed.
+    """
+    cells: dict = {}
+    for o in outcomes:
+        c = o.job.config
+        key = (c.dataset, c.beta, c.hurst)
+        best = cells.setdefault(key, [float("nan"), None, [], -1.0])
+        if o.status == "diverged" or "test_acc" not in o.results:
+            best[2].append(c.lr)
+            continue
+        score = o.results.get("val_acc" if selection == "val" else "test_acc", float("nan"))
+        if score > best[3]:
+            best[:2], best[3] = [o.results["test_acc"], c.lr], score
+    return {k: tuple(v[:3]) for k, v in cells.items()}
+
+
+def _report_fig9(outcomes: list[Outcome], paper: dict, profile: str) -> list[Comparison]:
+    rows: list[Comparison] = []
+    selection = outcomes[0].job.config.selection if outcomes else "test"
+    reference = paper["fig9_quick_mnist"]
+    quick_checks = []
+    for (dataset, beta, hurst), (acc, lr, exploded) in sorted(
+            fig9_cells(outcomes, selection).items()):
+        critical = max(0.5, hurst)
+        seeds = reference.get(f"{beta:g},{hurst:g}") if profile == "quick" else None
+        notes = [f"beta_c(H) = {critical:g}", f"lr chosen on {selection}: {lr:g}" if lr else ""]
+        if exploded:
+            notes.append("explosion (NaN/absurd loss) at lr " + ", ".join(f"{v:g}"
+                                                                         for v in exploded))
+        rows.append(Comparison(f"{dataset}, beta={beta:g}, H={hurst:g}",
+                               "test accuracy (best lr)" if lr else "explosion",
+                               seeds[0] if seeds else None, acc,
+                               "; ".join(n for n in notes if n)
+                               + (f"; spec seeds 0/1/2: {seeds}" if seeds else ""), digits=3))
+        if profile == "quick" and dataset == "mnist":
+            source = "SPEC §2.7 item 7"
+            if beta >= critical:
+                quick_checks.append(claim(f"beta={beta:g}, H={hurst:g} (beta >= beta_c) trains",
+                                          acc, acc >= 0.75, "≥ 0.75", source, 3))
+            else:
+                holds = bool(exploded) or acc <= 0.25
+                quick_checks.append(claim(f"beta={beta:g}, H={hurst:g} (beta < beta_c) explodes",
+                                          acc, holds, "≤ 0.25 or explosion", source, 3))
+    return rows + quick_checks
+
+
 # --- figures (drawn from the stored arrays) ------------------------------------------------
 
 
@@ -595,6 +822,21 @@ def figures(table: str, config: MarionConfig, outcomes: list[Outcome], profile: 
         return {"fig2": plots.histograms(series, f"fig2: res-3 i.i.d., d=100, L={config.depth}"
                                          f", beta=1/2, {len(series['out_ratio'])} networks"),
                 "fig2_samples.csv": _samples_csv(done, ("depth",))}
+    if table == "fig8":
+        series = {}
+        for o in done:
+            a = o.arrays
+            i, j = a["v_entry_index"]
+            series[f"{o.job.label}: V_k[{i},{j}] trained"] = a["v_entry_trained"]
+        c = done[0].job.config
+        figure = plots.paths(series, f"fig8: one entry of V_k vs k after training (res-1, "
+                             f"d={c.width}, L={c.depth}, MNIST, {c.epochs} epoch(s))", "k / L",
+                             separate=True)
+        csv = _matrix_csv(["k", *series], np.column_stack(
+            [np.arange(len(next(iter(series.values())))), *series.values()]))
+        return {"fig8": figure, "fig8_entries.csv": csv}
+    if table == "fig9":
+        return _fig9_figures(config, outcomes, plots)
     if table == "fig6":
         a = done[0].arrays
         series = {f"H = {h:g}": p for h, p in zip(a["path_hursts"], a["paths"], strict=True)}
@@ -614,6 +856,34 @@ def figures(table: str, config: MarionConfig, outcomes: list[Outcome], profile: 
                             f"({profile})", overlay=(boundary, np.maximum(0.5, boundary),
                                                     "beta_c = max(1/2, H)"))
     return {"fig7": figure, "fig7_samples.csv": _samples_csv(got, ("beta",))}
+
+
+def _fig9_figures(config: MarionConfig, outcomes: list[Outcome], plots) -> dict:
+    cells = fig9_cells(outcomes, config.selection)
+    if not cells:
+        return {}
+    maps = {}
+    for dataset in sorted({k[0] for k in cells}):
+        betas = sorted({k[1] for k in cells if k[0] == dataset})
+        hursts = sorted({k[2] for k in cells if k[0] == dataset})
+        grid = np.full((len(betas), len(hursts)), np.nan)
+        for (d, b, h), (acc, _, exploded) in cells.items():
+            if d == dataset:
+                grid[betas.index(b), hursts.index(h)] = 0.1 if np.isnan(acc) and exploded else acc
+        maps[f"{dataset}: test accuracy, best lr ({config.selection})"] = (grid, hursts, betas)
+    first = next(iter(maps.values()))
+    figure = plots.heatmaps({k: v[0] for k, v in maps.items()}, first[1], first[2],
+                            "Hurst index H", "beta", f"fig9: res-1, fBm blocks, "
+                            f"L={outcomes[0].job.config.depth}, d=30, "
+                            f"{outcomes[0].job.config.epochs} epochs (explosions shown at 0.1)",
+                            limits=(0.0, 1.0), overlay=(np.linspace(0.1, 0.9, 50), np.maximum(
+                                0.5, np.linspace(0.1, 0.9, 50)), "beta_c = max(1/2, H)"))
+    lines = ["dataset,beta,H,lr,status,test_acc,val_acc,train_loss"]
+    for o in outcomes:
+        c, r = o.job.config, o.results
+        lines.append(f"{c.dataset},{c.beta:g},{c.hurst:g},{c.lr:g},{o.status},"
+                     f"{r.get('test_acc', '')},{r.get('val_acc', '')},{r.get('train_loss', '')}")
+    return {"fig9": figure, "fig9_runs.csv": "\n".join(lines) + "\n"}
 
 
 def _samples_csv(outcomes: list[Outcome], index: tuple[str, ...]) -> str:
@@ -637,7 +907,13 @@ def _matrix_csv(header: Sequence[str], matrix: np.ndarray) -> str:
 
 
 def tags(config: MarionConfig) -> dict[str, str]:
-    return {"dataset": "synthetic U[0,1)^64", "data_copy": "exact"}
+    """Figs 1-7 draw synthetic inputs; Figs 8-9 read MNIST or CIFAR-10 (lossy offline)."""
+    from depthlab import data
+
+    if config.task != "train":
+        return {"dataset": "synthetic U[0,1)^64", "data_copy": "exact"}
+    lossy = data.is_lossy(config.dataset)
+    return {"dataset": config.dataset, "data_copy": "lossy" if lossy else "exact"}
 
 
 STUDY = Study(
@@ -650,8 +926,11 @@ STUDY = Study(
     tags=tags,
     prepare=prepare,
     label=label,
-    fixed={t: ("task", "init", "beta", "hurst", "part") for t in TABLES},
+    fixed={t: ("task", "init", "beta", "hurst", "part", "dataset") + (("lr",) if t == "fig9"
+                                                                     else ()) for t in TABLES},
     figures=figures,
+    datasets=lambda config: (config.dataset,) if config.task == "train" else (),
+    splits=training_parts,
 )
 
 

@@ -106,7 +106,8 @@ class Study:
             and numpy arrays (e.g. a per-layer or per-sample grid).
         report: (table id, base config, outcomes, profile) -> the comparison rows.
         rows: table id -> all row keys, for ``--rows`` validation and ``--list``.
-        tags: config -> extra run tags (dataset, lossy copy, ...).
+        tags: a job's config -> extra run tags (dataset, lossy copy, ...); the parent run
+            carries those of the table's first job.
         prepare: called with each job's config before any run starts; raises (e.g.
             ``DataNotFoundError``, ``ConfigError`` for image counts beyond the data) to stop
             a table that cannot run, before MLflow sees it.
@@ -356,7 +357,8 @@ def run(
         study.prepare(job.config)
         check_splits(study, job)
     env_tags = {**backend.describe(), "git_commit": git_commit(), "profile": profile,
-                "study": study.name, "table": table, **study.tags(config)}
+                "study": study.name, "table": table,
+                **study.tags(jobs[0].config if jobs else config)}
     experiment_id = tracking.experiment(f"depthlab-{study.name}")
     for run_id in tracking.sweep_dead_runs(experiment_id):
         echo(f"run {run_id[:8]} was left RUNNING by a process that died; marked KILLED")
@@ -446,7 +448,8 @@ def _run_locked(study: Study, job: Job, experiment_id: str, env_tags: Mapping[st
     checkpoint_dir = tracking.store_root() / "checkpoints" / digest
     if resume_id is None:
         _clear_checkpoints(checkpoint_dir)  # nothing of an abandoned attempt is reused
-    tags = {**env_tags, tracking.TAG_CONFIG_HASH: digest, tracking.TAG_STATUS: "running",
+    tags = {**env_tags, **study.tags(job.config), tracking.TAG_CONFIG_HASH: digest,
+            tracking.TAG_STATUS: "running",
             tracking.TAG_LOCK: f"job-{digest}", "data_digest": data, "job": job.key,
             "depthlab.kind": "job", tracking.TAG_NOTE: _job_note(study, job, env_tags)}
     if resume_id:

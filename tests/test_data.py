@@ -639,3 +639,15 @@ def test_repeat_stream_resumes_where_it_stopped():
     for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert not np.allclose(whole.get_weights()[0], restarted.get_weights()[0], rtol=1e-6)
+
+
+def test_flatten_is_channel_major_as_torchvision():
+    """SPEC §2.3: ToTensor (C, H, W) then view(-1); grey images flatten row by row."""
+    from depthlab.augment import ImageBatches
+
+    x = np.arange(2 * 2 * 3 * 3, dtype=np.uint8).reshape(2, 2, 3, 3)  # N, H, W, C
+    batch, _ = ImageBatches(x, np.zeros(2), batch_size=2, flatten=True)[0]
+    expected = x.transpose(0, 3, 1, 2).reshape(2, -1).astype(np.float32) / 255
+    np.testing.assert_array_equal(batch, expected)
+    grey, _ = ImageBatches(x[..., 0], np.zeros(2), batch_size=2, flatten=True)[0]
+    np.testing.assert_array_equal(grey, x[..., 0].reshape(2, -1).astype(np.float32) / 255)
