@@ -54,29 +54,33 @@ def test_propagation_equals_a_float64_numpy_loop():
 @pytest.mark.parametrize("activation, expected, band", [("relu", 1.6467, 0.04),
                                                          ("linear", 2.7048, 0.06)])
 def test_closed_form_mean_squared_output_ratio(activation, expected, band):
-    """SPEC §2.7 item 3: L=100, beta=1/2, 2,000 i.i.d. networks: E||h_L||^2/||h_0||^2 =
-    (1 + L^-2beta / 2)^L for ReLU, (1 + L^-2beta)^L for the identity."""
+    """SPEC §2.7 item 3: L=100, beta=1/2, >= 2,000 i.i.d. networks: E||h_L||^2/||h_0||^2 =
+    (1 + L^-2beta / 2)^L for ReLU, (1 + L^-2beta)^L for the identity.
+
+    The identity holds at any width; d=20 with 4,000 networks keeps the standard error of
+    the mean near 0.009 (about 4 per band) at a tenth of the cost of d=40."""
     rng = np.random.default_rng(1)
-    nets, depth, width = 2000, 100, 40
+    nets, depth, width = 4000, 100, 20
     assert marion.closed_form_ratio2(depth, 0.5, activation == "linear") == pytest.approx(
         expected, abs=1e-4)
     ratio2 = []
-    for _ in range(4):  # 4 x 500 networks
-        w = rng.standard_normal((500, depth, width, width)) / math.sqrt(width)
-        v = rng.standard_normal((500, depth, width, width)) / math.sqrt(width)
-        got = propagate(w, v, rng.random((500, width, 1)), rng.standard_normal((500, width)),
-                        np.full((500, 1), depth**-0.5), activation)
+    for _ in range(4):  # 4 x 1,000 networks
+        shape = (1000, depth, width, width)
+        w = rng.standard_normal(shape, dtype=np.float32) / math.sqrt(width)
+        v = rng.standard_normal(shape, dtype=np.float32) / math.sqrt(width)
+        got = propagate(w, v, rng.random((1000, width, 1)), rng.standard_normal((1000, width)),
+                        np.full((1000, 1), depth**-0.5), activation)
         ratio2.append(got["out_ratio"][:, 0] ** 2)
     assert len(np.concatenate(ratio2)) == nets
     assert np.mean(np.concatenate(ratio2)) == pytest.approx(expected, abs=band)
 
 
-def _table(table: str, **changes) -> tuple[list[runner.Outcome], dict[str, bool]]:
+def _table(table: str) -> tuple[list[runner.Outcome], dict[str, bool]]:
     config = marion.QUICK
     outcomes = runner.run(marion.STUDY, table, "quick", config=config, results_dir=None,
                           echo=lambda line: None)
-    for outcome in outcomes:
-        assert outcome.status in ("finished", "skipped"), outcome.message
+    for outcome in outcomes:  # an exploding Fig 9 cell diverges: a result, not a failure
+        assert outcome.status in ("finished", "skipped", "diverged"), outcome.message
     rows = marion.STUDY.report(table, config, outcomes, "quick")
     return outcomes, {r.metric: r.notes.startswith("✓") for r in rows if r.row == "claim"}
 
@@ -106,6 +110,41 @@ def test_quick_sampler_covariance_and_fig7_crossings(mlruns):
     assert len(verdicts) == 4 * 3 and all(verdicts.values()), verdicts
     assert [o.job.config.hurst for o in outcomes] == [0.2, 0.5, 0.8, 0.97]
     assert outcomes[0].arrays["out_diff"].shape == (70, 2 * 5)  # betas x (nets x inputs)
+
+
+def test_quick_fig9_cells_train_or_explode(mlruns):
+    """SPEC §2.7 item 7: on 2,000 / 1,000 MNIST images, 5 epochs at lr 1e-2, (beta, H) =
+    (0.9, 0.5) and (0.9, 0.9) reach >= 0.75 test accuracy, (0.1, 0.9) explodes."""
+    outcomes, verdicts = _table("fig9")
+    assert len(verdicts) == 3 and all(verdicts.values()), verdicts
+    status = {(o.job.config.beta, o.job.config.hurst): o.status for o in outcomes}
+    assert status[(0.1, 0.9)] == "diverged" and status[(0.9, 0.5)] == "finished"
+    cells = marion.fig9_cells(outcomes)
+    assert cells[("mnist", 0.1, 0.9)][2] == [0.01]  # the exploded learning rates
+
+
+@pytest.mark.slow
+def test_quick_fig8_training_keeps_the_inits_regularity(mlruns):
+    """Fig 8 (READING): smooth-initialised V stays smooth in k, i.i.d. stays rough; the
+    per-block gradient norms of V are kept as a [step x block] CSV and heatmap."""
+    outcomes, verdicts = _table("fig8")
+    assert len(verdicts) == 3 and all(verdicts.values()), verdicts
+    trained = outcomes[0]
+    assert trained.arrays["block_grad_norms"].shape == (1, 1000)
+    client = MlflowClient()
+    files = {a.path for a in client.list_artifacts(trained.run_id, "gradients")}
+    assert {"gradients/step_slice_norms.csv", "gradients/slice_norms_heatmap.png"} <= files
+    assert "grad/slice_first_last_ratio" in client.get_run(trained.run_id).data.metrics
+
+
+def test_validation_selection_holds_out_training_images():
+    config = marion.MarionConfig(task="train", selection="val")
+    parts = marion.training_parts(config)
+    assert (len(parts["train"][1]), len(parts["val"][1]), len(parts["test"][1])) == (
+        55_000, 5_000, 10_000)
+    assert not np.intersect1d(parts["train"][1], parts["val"][1]).size
+    job = runner.Job("v", "v", config)
+    runner.check_splits(marion.STUDY, job)
 
 
 @pytest.mark.slow
