@@ -39,7 +39,7 @@ def _parser(study: str | None, definition: Any = None) -> argparse.ArgumentParse
     parser = _Parser(prog=prog, description=__doc__.split("\n")[0])
     if study is None and definition is None:
         parser.add_argument("study", help=f"one of: {', '.join(STUDIES)}")
-    parser.add_argument("--table", help="table id of the study (see --list)")
+    parser.add_argument("--table", help="table id of the study (see --list), or all")
     parser.add_argument("--profile", default="quick", help="quick (CPU, minutes) or paper")
     parser.add_argument("--backend", default=None,
                         help=f"{' | '.join(backend.BACKENDS)} (default: $KERAS_BACKEND or jax)")
@@ -77,13 +77,16 @@ def main(argv: Sequence[str] | None = None, study: str | Any | None = None) -> i
             _print_listing(definition)
             return 0
         table = args.table or next(iter(definition.tables))
-        if table not in definition.tables:
+        if table not in (*definition.tables, "all"):
             raise UsageError(f"unknown table {table!r}; choose one of "
-                             f"{', '.join(definition.tables)}")
+                             f"{', '.join(definition.tables)} or all")
+        if table == "all" and args.rows is not None:
+            raise UsageError("--rows needs one table, not all")
+        tables = list(definition.tables) if table == "all" else [table]
         if args.profile not in definition.profiles:
             raise UsageError(f"unknown profile {args.profile!r}; choose one of "
                              f"{', '.join(definition.profiles)}")
-        rows = _rows(args.rows, definition.rows[table])
+        rows = _rows(args.rows, definition.rows[table]) if table != "all" else None
         overrides = config.parse_overrides(args.overrides)
         if args.dataset is not None:
             overrides["dataset"] = args.dataset
@@ -106,8 +109,9 @@ def main(argv: Sequence[str] | None = None, study: str | Any | None = None) -> i
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        outcomes = runner.run(definition, table, args.profile, config=base, rows=rows,
-                              overrides=typed, rerun=args.rerun, results_dir=args.results_dir)
+        outcomes = [outcome for name in tables for outcome in runner.run(
+            definition, name, args.profile, config=base, rows=rows, overrides=typed,
+            rerun=args.rerun, results_dir=args.results_dir)]
     except (config.ConfigError, data.DataNotFoundError, data.DataCorruptError,
             tracking.StoreError) as error:
         return _fail(error)
