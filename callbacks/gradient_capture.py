@@ -80,6 +80,9 @@ class GradientCapture(keras.optimizers.Optimizer):
         name: the optimizer's name. Defaults to an automatic name.
         slices: variables (paths ending in one of these, e.g. ``"blocks/V"``) whose
             gradients are also measured per slice along axis 0. Defaults to none.
+        finite_only: set NaN/Inf gradient entries to zero before measuring and applying,
+            for models of independent parts (Marion's stacked Fig 9 cells) where one part
+            may explode without touching the others. Defaults to False.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class GradientCapture(keras.optimizers.Optimizer):
         loss_scale_factor: float | None = None,
         name: str | None = None,
         slices: tuple[str, ...] | list[str] = (),
+        finite_only: bool = False,
     ) -> None:
         inner = keras.optimizers.get(inner_optimizer)
         if isinstance(inner, GradientCapture):
@@ -98,6 +102,7 @@ class GradientCapture(keras.optimizers.Optimizer):
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner
         self.slices = tuple(slices)
+        self.finite_only = bool(finite_only)
         self.loss_scale_factor = loss_scale_factor or inner.loss_scale_factor
         inner.loss_scale_factor = None  # unscaled once, here, before measuring
 
@@ -169,6 +174,9 @@ class GradientCapture(keras.optimizers.Optimizer):
         grads = list(grads)
         if self.loss_scale_factor is not None:
             grads = [None if g is None else g / self.loss_scale_factor for g in grads]
+        if self.finite_only:
+            grads = [None if g is None else ops.where(ops.isfinite(g), g, ops.zeros_like(g))
+                     for g in grads]
         if trainable_variables is None:
             variables = self._trainable_variables
         else:
@@ -258,6 +266,7 @@ class GradientCapture(keras.optimizers.Optimizer):
             "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
             "loss_scale_factor": self.loss_scale_factor,
             "slices": list(self.slices),
+            "finite_only": self.finite_only,
         }
 
     @classmethod

@@ -378,3 +378,111 @@ def propagate(w: np.ndarray, v: np.ndarray, h0: np.ndarray, g: np.ndarray,
     names = ("out_diff", "grad_diff", "out_ratio", "grad_ratio")
     return {n: ops.convert_to_numpy(t).astype(np.float64)
             for n, t in zip(names, fn(*tensors), strict=True)}
+
+
+# --- many res-1 networks trained at once (Fig 9 cells) -------------------------------------
+
+
+def cell_weights(cell: dict, depth: int, width: int, num_inputs: int,
+                 num_outputs: int) -> dict[str, np.ndarray]:
+    """The initial weights :func:`build_resnet` gives a res-1 net with this cell's ``beta``,
+    ``init``, ``hurst`` and ``seed`` (the same numpy streams), as plain arrays."""
+    seed, init = cell["seed"], cell.get("init", "fbm")
+    hurst = cell.get("hurst") if init == "fbm" else None
+    draws = {
+        "A": BlockInitializer("iid", 1.0 / math.sqrt(num_inputs), seed=_sub_seed(seed, 2))(
+            (num_inputs, width)),
+        "V": BlockInitializer(init, 1.0 / math.sqrt(width), hurst, seed=_sub_seed(seed, 1))(
+            (depth, width, width)),
+        "F": BlockInitializer("iid", 1.0 / math.sqrt(width), seed=_sub_seed(seed, 3))(
+            (width, num_outputs)),
+    }
+    out = {k: np.asarray(ops.convert_to_numpy(v), np.float32) for k, v in draws.items()}
+    out["b"] = np.zeros((depth, width), np.float32)
+    return out
+
+
+@keras.saving.register_keras_serializable(package="depthlab")
+class ResidualCells(keras.layers.Layer):
+    """K independent res-1 networks (x -> A x -> L blocks scaled by L^-beta_k -> F h_L) in
+    one layer: every weight has a leading cell axis, and no operation mixes cells, so one
+    ``fit`` trains all of them exactly as K separate fits would with an elementwise
+    optimizer (Adam) and the sum of the cells' losses (:func:`cells_loss`).
+
+    Output: logits (batch, K, num_outputs). A cell whose logits stop being finite is
+    marked dead in ``alive`` (non-trainable) and outputs zeros from then on: its loss is a
+    constant, its gradient zero (see :class:`depthlab.optimizers.FiniteUpdates` for the
+    step where it dies), so it cannot poison the others.
+
+    Args:
+        cells: per cell a dict with ``beta``, ``seed`` and the block ``init`` ("fbm" with
+            ``hurst``, "iid" or "smooth").
+        depth, width, num_inputs, num_outputs: L, d, n_in, n_out.
+        use_bias: block biases b_k (zero-initialised; SPEC §2.2: with fBm). Defaults to True.
+    """
+
+    def __init__(self, cells: list[dict], depth: int, width: int, num_inputs: int,
+                 num_outputs: int, use_bias: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if not cells:
+            raise ValueError("ResidualCells needs at least one cell. Received: cells=[]")
+        self.cells = [dict(c) for c in cells]
+        self.depth, self.width = int(depth), int(width)
+        self.num_inputs, self.num_outputs = int(num_inputs), int(num_outputs)
+        self.use_bias = bool(use_bias)
+
+    def build(self, input_shape):
+        weights = [cell_weights(c, self.depth, self.width, self.num_inputs, self.num_outputs)
+                   for c in self.cells]
+        names = ("A", "V", "b", "F") if self.use_bias else ("A", "V", "F")
+        for name in names:
+            stacked = np.stack([w[name] for w in weights])
+            setattr(self, name, self.add_weight(
+                name=name, shape=stacked.shape,
+                initializer=keras.initializers.Constant(stacked)))
+        if not self.use_bias:
+            self.b = None
+        alphas = np.array([self.depth ** -float(c["beta"]) for c in self.cells], np.float32)
+        self.alpha = self.add_weight(name="alpha", shape=alphas.shape, trainable=False,
+                                     initializer=keras.initializers.Constant(alphas))
+        self.alive = self.add_weight(name="alive", shape=(len(self.cells),), trainable=False,
+                                     initializer="ones")
+
+    def call(self, inputs, training=False):
+        h = ops.einsum("bi,kid->kbd", inputs, self.A)  # (K, B, d)
+        a = self.alpha[:, None, None]
+        stacked = (ops.moveaxis(self.V, 1, 0),) + (
+            (ops.moveaxis(self.b, 1, 0),) if self.b is not None else ())
+
+        def block(h, sliced):
+            u = ops.einsum("kbj,kij->kbi", ops.relu(h), sliced[0])
+            if len(sliced) > 1:
+                u = u + sliced[1][:, None, :]
+            return h + a * u
+
+        h = scan_blocks(block, h, stacked)
+        logits = ops.einsum("kbd,kdo->bko", h, self.F)
+        finite = ops.all(ops.isfinite(logits), axis=(0, 2))
+        alive = self.alive * ops.cast(finite, self.alive.dtype)
+        if training:
+            self.alive.assign(alive)
+        return ops.where(alive[None, :, None] > 0, logits, 0.0)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], len(self.cells), self.num_outputs)
+
+    def get_config(self):
+        return {**super().get_config(), "cells": self.cells, "depth": self.depth,
+                "width": self.width, "num_inputs": self.num_inputs,
+                "num_outputs": self.num_outputs, "use_bias": self.use_bias}
+
+
+def cells_loss(y_true, y_pred):
+    """The sum over cells of each cell's mean cross-entropy (per sample: the sum over
+    cells), so each cell's gradient is that of its own loss."""
+    labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    cells = ops.shape(y_pred)[1]
+    logits = ops.reshape(y_pred, (-1, ops.shape(y_pred)[-1]))
+    repeated = ops.reshape(ops.repeat(labels[:, None], cells, axis=1), (-1,))
+    each = keras.losses.sparse_categorical_crossentropy(repeated, logits, from_logits=True)
+    return ops.sum(ops.reshape(each, (-1, cells)), axis=1)

@@ -62,7 +62,7 @@ class MarionConfig:
     grids below are what a user may change with ``--set``.
     """
 
-    task: Literal["changes", "fbm", "heatmap", "train"] = "changes"
+    task: Literal["changes", "fbm", "heatmap", "train", "cells"] = "changes"
     init: Literal["iid", "smooth", "fbm"] = "iid"
     width: int = 40  # d
     inputs: int = 64  # n_in of the synthetic x ~ U[0,1)^64
@@ -88,12 +88,14 @@ class MarionConfig:
     selection: Literal["test", "val"] = "test"  # Fig 9: pick the lr on test (paper) or val
     val_images: int = 5000  # held out of the training images when selection="val"
     grad_every: int = 50  # per-block gradient norms every N steps (Fig 8)
+    stack: int = 1  # Fig 9: (beta, H) cells of one (dataset, lr) trained in one fit
+    cells: tuple[tuple[float, float], ...] = ()  # a stacked job's (beta, H) cells
     seed: int = 0
 
     def __post_init__(self) -> None:
         configs.check(self, positive=("width", "inputs", "nets", "depth", "betas",
                                       "inputs_per_net", "paths", "lr", "epochs", "lr_step",
-                                      "batch_size", "val_images", "grad_every"),
+                                      "batch_size", "val_images", "grad_every", "stack"),
                       non_negative=("beta", "beta_max", "part", "seed", "train_images",
                                     "test_images"))
         if not self.depths or min(self.depths) < 1:
@@ -149,6 +151,8 @@ def label(key: str, config: MarionConfig) -> str:
     if config.task == "train":
         blocks = f"fBm H={config.hurst:g}" if config.init == "fbm" else config.init
         return f"{config.dataset}, beta={config.beta:g}, {blocks}, lr {config.lr:g}"
+    if config.task == "cells":
+        return f"{config.dataset}, {len(config.cells)} (beta, H) cells, lr {config.lr:g}"
     return "fBm paths and sampler covariance"
 
 
@@ -178,6 +182,9 @@ def _key(config: MarionConfig) -> str:
     if config.task == "train":
         blocks = f"H{config.hurst:g}" if config.init == "fbm" else config.init
         return f"{config.dataset}_beta{config.beta:g}_{blocks}_lr{config.lr:g}"
+    if config.task == "cells":
+        (b0, h0), (b1, h1) = config.cells[0], config.cells[-1]
+        return f"{config.dataset}_lr{config.lr:g}_cells_b{b0:g}H{h0:g}-b{b1:g}H{h1:g}"
     return "fbm"
 
 
@@ -204,7 +211,7 @@ def fig7_jobs(config: MarionConfig, rows, profile: str = "paper") -> list[Job]:
 def _training(config: MarionConfig, profile: str, **fields) -> MarionConfig:
     """A training job: res-1, d=30; quick runs on 2,000 / 1,000 MNIST images (SPEC §2.5)."""
     quick = dict(train_images=2000, test_images=1000) if profile == "quick" else {}
-    return dataclasses.replace(config, task="train", width=30, **quick, **fields)
+    return dataclasses.replace(config, **{"task": "train", "width": 30, **quick, **fields})
 
 
 def fig8_jobs(config: MarionConfig, rows, profile: str = "paper") -> list[Job]:
@@ -217,7 +224,11 @@ def fig8_jobs(config: MarionConfig, rows, profile: str = "paper") -> list[Job]:
 
 
 def fig9_jobs(config: MarionConfig, rows, profile: str = "paper") -> list[Job]:
-    """Fig 9: every (dataset, beta, H, lr) of SPEC §2.1 (quick: three MNIST cells at 1e-2)."""
+    """Fig 9: every (dataset, beta, H, lr) of SPEC §2.1 (quick: three MNIST cells at 1e-2).
+
+    With ``stack`` > 1 the cells of one (dataset, lr) train ``stack`` at a time in one fit
+    (:func:`execute_cells`); each cell stays its own network, so the results are the same.
+    """
     if profile == "quick":
         cells = [("mnist", b, h, 1e-2) for b, h in FIG9_QUICK_CELLS]
         fields = dict(epochs=5, lr_step=5)
@@ -225,8 +236,16 @@ def fig9_jobs(config: MarionConfig, rows, profile: str = "paper") -> list[Job]:
         cells = [(d, b, h, lr) for d in ("mnist", "cifar10") for b in FIG9_GRID
                  for h in FIG9_GRID for lr in FIG9_LRS]
         fields = dict(epochs=10, lr_step=5)
-    return _keep([_training(config, profile, init="fbm", dataset=d, beta=b, hurst=h, lr=lr,
-                            **fields) for d, b, h, lr in cells], rows)
+    if config.stack == 1:
+        return _keep([_training(config, profile, init="fbm", dataset=d, beta=b, hurst=h,
+                                lr=lr, **fields) for d, b, h, lr in cells], rows)
+    groups: dict[tuple[str, float], list] = {}
+    for d, b, h, lr in cells:
+        groups.setdefault((d, lr), []).append((b, h))
+    return _keep([_training(config, profile, task="cells", init="fbm", dataset=d, lr=lr,
+                            cells=tuple(group[i:i + config.stack]), **fields)
+                  for (d, lr), group in groups.items()
+                  for i in range(0, len(group), config.stack)], rows)
 
 
 def _table(name: str):
@@ -461,9 +480,60 @@ def execute_train(job: Job, ctx: Context) -> dict:
     return results
 
 
+def execute_cells(job: Job, ctx: Context) -> dict:
+    """Fig 9, many cells at once: the (beta, H) cells of one (dataset, lr) trained in one
+    ``fit`` of :class:`~depthlab.layers.scaled_residual.ResidualCells` (each cell exactly
+    its own network, Adam being elementwise); a cell whose outputs stop being finite is
+    frozen and reported as an explosion, the others go on."""
+    import keras
+
+    from depthlab import augment
+    from depthlab.callbacks import GradientCapture
+    from depthlab.callbacks.divergence import MAX_LOSS
+    from depthlab.layers.scaled_residual import ResidualCells, cells_loss
+    from depthlab.schedules import EpochStep
+
+    config = job.config
+    parts = _training_data(config)
+    train = augment.ImageBatches(parts["train"].x, parts["train"].y, config.batch_size,
+                                 shuffle=True, seed=config.seed, flatten=True)
+    inputs = int(np.prod(parts["train"].x.shape[1:]))
+    cells = [{"beta": b, "hurst": h, "init": "fbm", "seed": config.seed} for b, h in config.cells]
+    model = keras.Sequential([keras.Input((inputs,)),
+                              ResidualCells(cells, config.depth, config.width, inputs, 10,
+                                            name="cells")])
+    adam = keras.optimizers.Adam(EpochStep(config.lr, 0.1, config.lr_step, len(train)),
+                                 beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    model.compile(GradientCapture(adam, finite_only=True), cells_loss)
+    # the loss is the cells' sum: a bound per cell, and per-cell explosions are results
+    history = ctx.fit(model, train, epochs=config.epochs, max_loss=len(cells) * MAX_LOSS)
+    layer = model.get_layer("cells")
+    alive = keras.ops.convert_to_numpy(layer.alive) > 0
+    results = {"cell_beta": np.array([b for b, _ in config.cells]),
+               "cell_hurst": np.array([h for _, h in config.cells]),
+               "train_loss_sum": history["loss"][-1]}
+    for part in ("val", "test"):
+        if part not in parts:
+            continue
+        batches = augment.ImageBatches(parts[part].x, parts[part].y, 256, flatten=True)
+        logits = model.predict(batches, verbose=0)  # (N, K, 10)
+        labels = parts[part].y
+        results[f"cell_{part}_acc"] = (logits.argmax(-1) == labels[:, None]).mean(axis=0)
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        results[f"cell_{part}_loss"] = -np.take_along_axis(
+            log_p, labels[:, None, None].repeat(len(cells), 1), -1)[..., 0].mean(axis=0)
+    loss = results["cell_test_loss"]
+    results["cell_exploded"] = (~alive | ~np.isfinite(loss) | (loss > MAX_LOSS)).astype(float)
+    ctx.echo(f"[{job.label}] {len(cells)} cells: test accuracy "
+             + ", ".join(f"{a:.3f}" for a in results["cell_test_acc"])
+             + f"; exploded {int(results['cell_exploded'].sum())}")
+    return results
+
+
 def execute(job: Job, ctx: Context) -> dict:
-    return {"changes": execute_changes, "heatmap": execute_heatmap,
-            "fbm": execute_fbm, "train": execute_train}[job.config.task](job, ctx)
+    return {"changes": execute_changes, "heatmap": execute_heatmap, "fbm": execute_fbm,
+            "train": execute_train, "cells": execute_cells}[job.config.task](job, ctx)
 
 
 def _mean(values: np.ndarray) -> float:
@@ -474,7 +544,7 @@ def _mean(values: np.ndarray) -> float:
 
 def prepare(config: MarionConfig) -> None:
     """Refuse a grid whose propagation would not fit in memory, before any run."""
-    if config.task == "train":
+    if config.task in ("train", "cells"):
         sizes = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}[config.dataset]
         for field, size in zip(("train_images", "test_images"), sizes, strict=True):
             if getattr(config, field) > size:
@@ -746,24 +816,47 @@ def _report_fig8(outcomes: list[Outcome]) -> list[Comparison]:
     return rows
 
 
+def fig9_runs(outcomes: list[Outcome]) -> list[dict]:
+    """One record per trained (dataset, beta, H, lr): from a job of one cell, or from each
+    cell of a stacked job. ``status`` is "explosion" for a run that diverged."""
+    runs = []
+    for o in outcomes:
+        c, r, a = o.job.config, o.results, o.arrays
+        if c.task == "train":
+            exploded = o.status == "diverged" or "test_acc" not in r
+            runs.append({"dataset": c.dataset, "beta": c.beta, "hurst": c.hurst, "lr": c.lr,
+                         "status": "explosion" if exploded else o.status,
+                         "test_acc": r.get("test_acc"), "val_acc": r.get("val_acc"),
+                         "train_loss": r.get("train_loss")})
+        elif c.task == "cells":
+            for k, (beta, hurst) in enumerate(c.cells):
+                done = "cell_test_acc" in a
+                exploded = not done or a["cell_exploded"][k] > 0
+                runs.append({"dataset": c.dataset, "beta": beta, "hurst": hurst, "lr": c.lr,
+                             "status": "explosion" if exploded else o.status,
+                             "test_acc": float(a["cell_test_acc"][k]) if done else None,
+                             "val_acc": float(a["cell_val_acc"][k]) if "cell_val_acc" in a
+                             else None, "train_loss": None})
+    return runs
+
+
 def fig9_cells(outcomes: list[Outcome], selection: str = "test") -> dict:
     """(dataset, beta, H) -> (best test accuracy over lr, chosen lr, exploded lrs).
 
     ``selection="test"``: the lr with the best test accuracy (the paper's choice);
     ``"val"``: the lr with the best held-out accuracy, reporting its test accuracy. A run
-    that diverged is an explosion: it counts as chance and is listed.
+    that exploded counts for nothing and is listed.
     """
     cells: dict = {}
-    for o in outcomes:
-        c = o.job.config
-        key = (c.dataset, c.beta, c.hurst)
-        best = cells.setdefault(key, [float("nan"), None, [], -1.0])
-        if o.status == "diverged" or "test_acc" not in o.results:
-            best[2].append(c.lr)
+    for run in fig9_runs(outcomes):
+        best = cells.setdefault((run["dataset"], run["beta"], run["hurst"]),
+                                [float("nan"), None, [], -1.0])
+        if run["status"] == "explosion":
+            best[2].append(run["lr"])
             continue
-        score = o.results.get("val_acc" if selection == "val" else "test_acc", float("nan"))
-        if score > best[3]:
-            best[:2], best[3] = [o.results["test_acc"], c.lr], score
+        score = run["val_acc" if selection == "val" else "test_acc"]
+        if score is not None and score > best[3]:
+            best[:2], best[3] = [run["test_acc"], run["lr"]], score
     return {k: tuple(v[:3]) for k, v in cells.items()}
 
 
@@ -880,10 +973,11 @@ def _fig9_figures(config: MarionConfig, outcomes: list[Outcome], plots) -> dict:
                             limits=(0.0, 1.0), overlay=(np.linspace(0.1, 0.9, 50), np.maximum(
                                 0.5, np.linspace(0.1, 0.9, 50)), "beta_c = max(1/2, H)"))
     lines = ["dataset,beta,H,lr,status,test_acc,val_acc,train_loss"]
-    for o in outcomes:
-        c, r = o.job.config, o.results
-        lines.append(f"{c.dataset},{c.beta:g},{c.hurst:g},{c.lr:g},{o.status},"
-                     f"{r.get('test_acc', '')},{r.get('val_acc', '')},{r.get('train_loss', '')}")
+    for run in fig9_runs(outcomes):
+        values = ",".join("" if run[k] is None else f"{run[k]:.6g}"
+                          for k in ("test_acc", "val_acc", "train_loss"))
+        lines.append(f"{run['dataset']},{run['beta']:g},{run['hurst']:g},{run['lr']:g},"
+                     f"{run['status']},{values}")
     return {"fig9": figure, "fig9_runs.csv": "\n".join(lines) + "\n"}
 
 
@@ -911,7 +1005,7 @@ def tags(config: MarionConfig) -> dict[str, str]:
     """Figs 1-7 draw synthetic inputs; Figs 8-9 read MNIST or CIFAR-10 (lossy offline)."""
     from depthlab import data
 
-    if config.task != "train":
+    if config.task not in ("train", "cells"):
         return {"dataset": "synthetic U[0,1)^64", "data_copy": "exact"}
     lossy = data.is_lossy(config.dataset)
     return {"dataset": config.dataset, "data_copy": "lossy" if lossy else "exact"}
@@ -927,10 +1021,10 @@ STUDY = Study(
     tags=tags,
     prepare=prepare,
     label=label,
-    fixed={t: ("task", "init", "beta", "hurst", "part", "dataset") + (("lr",) if t == "fig9"
-                                                                     else ()) for t in TABLES},
+    fixed={t: ("task", "init", "beta", "hurst", "part", "dataset", "cells")
+           + (("lr",) if t == "fig9" else ()) for t in TABLES},
     figures=figures,
-    datasets=lambda config: (config.dataset,) if config.task == "train" else (),
+    datasets=lambda config: (config.dataset,) if config.task in ("train", "cells") else (),
     splits=training_parts,
 )
 

@@ -215,3 +215,68 @@ def test_configs_and_arguments():
         ScaledResidualStack(4, 3, 0.5, init="fbm")
     with pytest.raises(ValueError, match="kind"):
         ScaledResidualStack(4, 3, 0.5, kind="res2")
+
+
+# --- many networks in one layer (Marion's Fig 9 cells) -----------------------------------
+
+
+def _separate_and_stacked(cells, depth, width, x, y, epochs, batch):
+    """Per-cell logits after training each cell alone, and all of them stacked."""
+    import keras
+
+    from depthlab.callbacks import GradientCapture
+    from depthlab.layers.scaled_residual import ResidualCells, cells_loss
+
+    def adam():
+        return keras.optimizers.Adam(1e-2, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+
+    alone = []
+    for cell in cells:
+        model = build_resnet("res1", depth, width, cell["beta"], "fbm", x.shape[1], 3,
+                             hurst=cell["hurst"], seed=cell["seed"])
+        model.compile(adam(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=False, verbose=0)
+        alone.append(model.predict(x, verbose=0))
+    stacked = keras.Sequential([keras.Input((x.shape[1],)),
+                                ResidualCells(cells, depth, width, x.shape[1], 3, name="cells")])
+    stacked.compile(GradientCapture(adam(), finite_only=True), cells_loss)
+    stacked.fit(x, y, batch_size=batch, epochs=epochs, shuffle=False, verbose=0)
+    return alone, stacked
+
+
+def test_stacked_cells_train_exactly_as_separate_networks():
+    """Fig 9's stacked fit: K cells in one layer, the sum of their losses, Adam (elementwise)
+    gives each cell the training it gets alone (same seeds and batches)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 12)).astype("float32"), rng.integers(0, 3, 64)
+    cells = [{"beta": 0.9, "hurst": 0.5, "init": "fbm", "seed": 1},
+             {"beta": 0.5, "hurst": 0.8, "init": "fbm", "seed": 2},
+             {"beta": 0.7, "hurst": 0.3, "init": "fbm", "seed": 3}]
+    alone, stacked = _separate_and_stacked(cells, 20, 6, x, y, epochs=2, batch=16)
+    together = stacked.predict(x, verbose=0)
+    assert together.shape == (64, 3, 3)
+    for k, logits in enumerate(alone):
+        np.testing.assert_allclose(together[:, k], logits, rtol=1e-4, atol=1e-5)
+
+
+def test_an_exploding_cell_leaves_its_neighbours_untouched():
+    """(beta, H) = (0.1, 0.9) at L=1000 explodes at the first step on MNIST (Fig 9): stacked
+    beside (0.9, 0.5) it is frozen, every weight stays finite, and its neighbour trains as
+    it does alone."""
+    from keras import ops
+
+    from depthlab import data
+
+    mnist = data.mnist()
+    x = mnist.train.x[:128].reshape(128, -1).astype("float32") / 255
+    y = mnist.train.y[:128]
+    x = x[:, :12]  # a small input keeps the test quick; the blocks do the exploding
+    cells = [{"beta": 0.9, "hurst": 0.5, "init": "fbm", "seed": 0},
+             {"beta": 0.1, "hurst": 0.9, "init": "fbm", "seed": 0}]
+    (alone, _), stacked = _separate_and_stacked(cells, 1000, 30, x, y % 3, epochs=1, batch=64)
+    layer = stacked.get_layer("cells")
+    assert ops.convert_to_numpy(layer.alive).tolist() == [1.0, 0.0]
+    assert all(np.isfinite(ops.convert_to_numpy(w)).all() for w in stacked.weights)
+    together = stacked.predict(x, verbose=0)
+    np.testing.assert_allclose(together[:, 0], alone, rtol=1e-4, atol=1e-5)
+    assert (together[:, 1] == 0).all()  # a dead cell outputs zeros

@@ -123,6 +123,19 @@ def test_quick_fig9_cells_train_or_explode(mlruns):
     assert cells[("mnist", 0.1, 0.9)][2] == [0.01]  # the exploded learning rates
 
 
+def test_fig9_cells_stacked_in_one_fit(mlruns):
+    """``--set stack=3``: the three quick cells in one job and one fit; each cell is still a
+    result of its own, the exploding one frozen and reported as an explosion."""
+    config = marion.dataclasses.replace(marion.QUICK, stack=3)
+    outcomes = runner.run(marion.STUDY, "fig9", "quick", config=config, results_dir=None,
+                          overrides={"stack": 3, "epochs": 2}, echo=lambda line: None)
+    (job,) = outcomes
+    assert job.status == "finished" and job.job.config.task == "cells"
+    runs = {(r["beta"], r["hurst"]): r for r in marion.fig9_runs(outcomes)}
+    assert runs[(0.1, 0.9)]["status"] == "explosion"
+    assert runs[(0.9, 0.5)]["test_acc"] > 0.7 and runs[(0.9, 0.9)]["test_acc"] > 0.7
+
+
 @pytest.mark.slow
 def test_quick_fig8_training_keeps_the_inits_regularity(mlruns):
     """Fig 8 (READING): smooth-initialised V stays smooth in k, i.i.d. stays rough; the
