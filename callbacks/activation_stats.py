@@ -77,7 +77,13 @@ def probe_model(model: keras.Model, layers: Sequence[LayerRef] | None = None) ->
 
 
 class _LayerAccumulator:
-    """Running sums for one layer's statistics over probe chunks (float64)."""
+    """Running sums for one layer's statistics over probe chunks (float64).
+
+    κ2's QR folding is deferred until ``FOLD_ROWS`` rows wait, and skipped when a unit is
+    dead on every sample (κ2 is then ∞ without it): the naive nets' layers cost no QR.
+    """
+
+    FOLD_ROWS = 8192
 
     def __init__(self, units: int, thresholds: Sequence[float], kappa2: bool):
         self.thresholds = tuple(float(t) for t in thresholds)
@@ -89,7 +95,8 @@ class _LayerAccumulator:
         self.zeros = 0
         self.alive = np.zeros(units, dtype=bool)
         self.kappa2 = kappa2
-        self.r: np.ndarray | None = None  # R factor of the samples x units matrix
+        self.r: np.ndarray | None = None  # R factor of the samples x units rows folded so far
+        self.pending: list[np.ndarray] = []  # rows not folded into R yet
 
     def update(self, h: np.ndarray) -> None:
         rows = h.reshape(-1, self.units)
@@ -101,11 +108,19 @@ class _LayerAccumulator:
         self.zeros += int(np.count_nonzero(rows == 0))
         self.alive |= np.any(rows != 0, axis=0)
         if self.kappa2:
-            self.r = conditioning.accumulate_r(self.r, rows)
+            self.pending.append(rows)
+            if sum(len(p) for p in self.pending) >= self.FOLD_ROWS:
+                self._fold()
+
+    def _fold(self) -> None:
+        if self.pending:
+            self.r = conditioning.accumulate_r(self.r, np.vstack(self.pending))
+            self.pending = []
 
     def kappa_2(self) -> float:
         if not self.alive.all():
             return float("inf")
+        self._fold()
         return conditioning.kappa_2(self.r)
 
 
@@ -155,6 +170,16 @@ def measure(
     if kappa2:
         stats["kappa_2"] = np.array([acc.kappa_2() for acc in accs])
     return stats
+
+
+def activations(probe: keras.Model, x: Any, training: bool = False) -> list[np.ndarray]:
+    """The probe's raw outputs on ``x`` as numpy arrays, in one stateless forward pass
+    (BN's moving statistics untouched, as in :func:`measure`); for activation images."""
+    trainable = [ops.stop_gradient(v) for v in probe.trainable_variables]
+    non_trainable = [ops.stop_gradient(v) for v in probe.non_trainable_variables]
+    inputs = keras.tree.map_structure(lambda a: ops.convert_to_tensor(np.asarray(a)), x)
+    outputs, _ = probe.stateless_call(trainable, non_trainable, inputs, training=training)
+    return [np.asarray(ops.convert_to_numpy(o)) for o in keras.tree.flatten(outputs)]
 
 
 def activation_statistics(

@@ -100,32 +100,31 @@ def accumulate_r(r: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
     return np.linalg.qr(stacked, mode="r")
 
 
-def _dense_layers(layer: keras.Layer) -> list[keras.layers.Dense]:
-    """Dense layers in model order, looking inside nested models."""
-    if isinstance(layer, keras.layers.Dense):
-        return [layer]
-    return [d for sub in getattr(layer, "layers", []) for d in _dense_layers(sub)]
-
-
 def kernel_conditioning(model: keras.Model) -> dict[str, float]:
     """κ∞ of every square 2-D Dense kernel of a model (SPEC §4.4, Fig. 5).
 
     The matrix is W = kernel.T (units × fan_in, row i = unit i's incoming weights, the
     vector ``MaxNorm(axis=0)`` bounds), the paper's Z = W·h orientation. Non-square
-    kernels (a PlainNet's first and output layers) are skipped.
+    kernels (a PlainNet's first and output layers) are skipped. Dense layers nested in
+    other layers (a PlainNet block's ``linear``) count too.
 
     Args:
         model: a built Keras model.
 
     Returns:
-        ``{layer name: κ∞}`` in model order.
+        ``{kernel path without "/kernel": κ∞}`` in model order: the layer's name for a
+        top-level Dense (``"dense_3"``), the nesting path for a nested one
+        (``"block_2/linear"``), so the keys are unique.
     """
     out: dict[str, float] = {}
-    for layer in _dense_layers(model):
+    for layer in model._flatten_layers(include_self=False):
+        if not isinstance(layer, keras.layers.Dense):
+            continue
         kernel = getattr(layer, "kernel", None)
         if kernel is None or len(kernel.shape) != 2 or kernel.shape[0] != kernel.shape[1]:
             continue
-        out[layer.name] = kappa_inf(keras.ops.convert_to_numpy(kernel).T)
+        name = kernel.path.removesuffix("/kernel") if "/" in kernel.path else layer.name
+        out[name] = kappa_inf(keras.ops.convert_to_numpy(kernel).T)
     return out
 
 

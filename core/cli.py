@@ -20,7 +20,8 @@ from typing import Any
 
 from depthlab import backend, config
 
-STUDIES = {"vgg": "depthlab.reproductions.vgg", "marion": "depthlab.reproductions.marion"}
+STUDIES = {"vgg": "depthlab.reproductions.vgg", "marion": "depthlab.reproductions.marion",
+           "oyedotun": "depthlab.reproductions.oyedotun"}
 EXIT_BAD_INPUT = 2
 
 

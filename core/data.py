@@ -527,6 +527,13 @@ def block_mean(x: np.ndarray, size: int) -> np.ndarray:
     return blocks.mean(axis=(2, 4), dtype=np.float32)
 
 
+def coil20_indices(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The COIL-20 split (SPEC §4.3 READING): ``default_rng(seed).permutation(1440)``, the
+    first 1,008 train, the last 432 test, in permutation order."""
+    order = np.random.default_rng(seed).permutation(1440)
+    return order[:1008], order[1008:]
+
+
 def coil20(resize: int | None = 32, seed: int = 0) -> Dataset:
     """COIL-20 processed, 1,440 images of 20 objects x 72 poses (SPEC §4.3).
 
@@ -543,8 +550,7 @@ def coil20(resize: int | None = 32, seed: int = 0) -> Dataset:
     if resize is not None:
         x = block_mean(x, resize)
     y = _labels(array("coil20", "y"))
-    order = np.random.default_rng(seed).permutation(len(y))
-    train, test = order[:1008], order[1008:]
+    train, test = coil20_indices(seed)
     return Dataset(
         "coil20", Split(x[train], y[train]), None, Split(x[test], y[test]), 20, is_lossy("coil20")
     )

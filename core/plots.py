@@ -287,3 +287,53 @@ def heatmaps(maps: Mapping[str, np.ndarray], x: Sequence[float], y: Sequence[flo
         figure.colorbar(image, ax=axes)
     _title(figure, title)
     return figure
+
+
+def line_panels(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+                xlabel: str, ylabel: str, title: str, log_y: bool = False,
+                styles: Mapping[str, str] | None = None) -> Figure:
+    """One panel per entry, one line per series (Oyedotun's per-layer Figs 2-5, A1, and
+    error vs depth, Figs 1 and 9); non-finite points are left out of a log axis.
+
+    Args:
+        panels: panel title -> series label -> (x, y).
+        xlabel, ylabel: axis labels.
+        title: figure title.
+        log_y: logarithmic y axes. Defaults to False.
+        styles: series label -> matplotlib format string (e.g. "--" for test error).
+    """
+    figure = Figure(figsize=(4.4 * len(panels), 3.9), layout="constrained")
+    for axes, (name, series) in zip(np.atleast_1d(figure.subplots(1, len(panels))),
+                                    panels.items(), strict=True):
+        for label, (x, y) in series.items():
+            y = np.asarray(y, dtype=float)
+            if log_y:
+                y = np.where(y > 0, y, np.nan)
+            axes.plot(x, y, (styles or {}).get(label, "-"), marker="o", markersize=2,
+                      linewidth=1, label=label)
+        axes.set_title(name, fontsize=10)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        if log_y:
+            axes.set_yscale("log")
+        axes.grid(True, alpha=0.3)
+        if len(series) > 1:
+            axes.legend(fontsize=7)
+    _title(figure, title)
+    return figure
+
+
+def activation_images(images: Mapping[str, np.ndarray], title: str) -> Figure:
+    """Activations as images, units down, samples across (Oyedotun's Figs 6-8), each panel
+    with its own colour scale (their ranges differ by orders of magnitude) and a colour bar."""
+    figure = Figure(figsize=(4.6 * len(images), 4.2), layout="constrained")
+    for axes, (name, values) in zip(np.atleast_1d(figure.subplots(1, len(images))),
+                                    images.items(), strict=True):
+        shown = axes.imshow(np.asarray(values, dtype=float), aspect="auto", cmap="viridis",
+                            interpolation="nearest")
+        axes.set_title(name, fontsize=9)
+        axes.set_xlabel("sample")
+        axes.set_ylabel("unit")
+        figure.colorbar(shown, ax=axes)
+    _title(figure, title)
+    return figure

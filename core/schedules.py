@@ -27,6 +27,12 @@ def step_epoch(epoch: int, base: float, factor: float, every: int) -> float:
     return base * factor ** (epoch // every)
 
 
+def decade_steps(epoch: int, base: float, epochs: int, steps: int = 4) -> float:
+    """``base * 10 ** -floor(steps * epoch / epochs)``: ``steps`` equal phases, each a tenth
+    of the last (Oyedotun's READING, SPEC §4.4: 0.1 / 0.01 / 1e-3 / 1e-4 over 300 epochs)."""
+    return base * 10.0 ** -(steps * epoch // epochs)
+
+
 def one_cycle(step: int, max_lr: float, total_steps: int, pct_start: float = 0.3,
               div_factor: float = 25.0, final_div_factor: float = 1e4) -> float:
     """PyTorch ``OneCycleLR`` with its defaults (two phases, cosine; SPEC §0.3, §1.4)."""
@@ -95,3 +101,24 @@ class EpochStep(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self) -> dict:
         return {"base": self.base, "factor": self.factor, "every": self.every,
                 "steps_per_epoch": self.steps_per_epoch}
+
+
+@keras.saving.register_keras_serializable(package="depthlab")
+class EpochDecades(keras.optimizers.schedules.LearningRateSchedule):
+    """:func:`decade_steps` held constant within each epoch."""
+
+    def __init__(self, base: float, epochs: int, steps_per_epoch: int, steps: int = 4):
+        self.base = float(base)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.steps = int(steps)
+
+    def __call__(self, step):
+        # Integer arithmetic: the phase boundaries fall exactly on the epochs of the closed form.
+        epoch = ops.floor_divide(ops.cast(step, "int32"), self.steps_per_epoch)
+        phase = ops.cast(ops.floor_divide(epoch * self.steps, self.epochs), "float32")
+        return self.base * ops.power(0.1, phase)
+
+    def get_config(self) -> dict:
+        return {"base": self.base, "epochs": self.epochs,
+                "steps_per_epoch": self.steps_per_epoch, "steps": self.steps}

@@ -85,3 +85,18 @@ class MaxNormConv2D(keras.layers.Conv2D):
 
     def get_config(self) -> dict:
         return {**_without_constraint(super().get_config()), "max_value": self.max_value}
+
+
+def incoming_norms(model: keras.Model) -> dict[str, float]:
+    """The largest incoming-vector norm of each max-norm constrained kernel, by path.
+
+    What the constraint bounds (SPEC §4.7 item 4): each unit's fan-in vector of a
+    :class:`MaxNormDense` (axis 0) or each filter of a :class:`MaxNormConv2D` (axes 0-2).
+    """
+    out = {}
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, MaxNormDense | MaxNormConv2D):
+            kernel = keras.ops.convert_to_numpy(layer.kernel)
+            axes = tuple(range(kernel.ndim - 1))
+            out[layer.kernel.path] = float((kernel.astype("float64") ** 2).sum(axes).max() ** 0.5)
+    return out

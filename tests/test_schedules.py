@@ -6,8 +6,10 @@ from keras import ops
 
 from depthlab.schedules import (
     EpochCosine,
+    EpochDecades,
     EpochStep,
     cosine_epoch,
+    decade_steps,
     one_cycle,
     one_cycle_beta1,
     step_epoch,
@@ -51,3 +53,18 @@ def test_step_decay():
     schedule = EpochStep(0.1, 0.1, 75, steps_per_epoch=57)
     got = [float(ops.convert_to_numpy(schedule(e * 57))) for e in (0, 74, 75, 150, 225, 299)]
     np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.001, 1e-4, 1e-4], rtol=1e-5)
+
+
+def test_oyedotun_four_decades():
+    """SPEC §4.7 item 8: lr at epochs 0, 74, 75, 150, 225, 299 of 300 = 0.1, 0.1, 0.01,
+    1e-3, 1e-4, 1e-4; held within each epoch (USPS: 57 steps), also for E = 400 (conv)."""
+    epochs = (0, 74, 75, 150, 225, 299)
+    want = [0.1, 0.1, 0.01, 1e-3, 1e-4, 1e-4]
+    assert [decade_steps(e, 0.1, 300) for e in epochs] == pytest.approx(want)
+    schedule = EpochDecades(0.1, 300, steps_per_epoch=57)
+    got = [float(ops.convert_to_numpy(schedule(e * 57 + k))) for e in epochs for k in (0, 56)]
+    np.testing.assert_allclose(got, np.repeat(want, 2), rtol=1e-6)
+    conv = EpochDecades(0.01, 400, steps_per_epoch=391)
+    got = [float(ops.convert_to_numpy(conv(e * 391))) for e in (99, 100, 300, 399)]
+    np.testing.assert_allclose(got, [1e-2, 1e-3, 1e-5, 1e-5], rtol=1e-6)
+    assert EpochDecades.from_config(schedule.get_config()).get_config() == schedule.get_config()
