@@ -107,7 +107,7 @@ class _LayerAccumulator:
         self.above += [np.count_nonzero(a > t) for t in self.thresholds]
         self.zeros += int(np.count_nonzero(rows == 0))
         self.alive |= np.any(rows != 0, axis=0)
-        if self.kappa2:
+        if self.kappa2 and np.isfinite(self.max_abs):  # NaN / inf: κ2 is undefined
             self.pending.append(rows)
             if sum(len(p) for p in self.pending) >= self.FOLD_ROWS:
                 self._fold()
@@ -118,6 +118,8 @@ class _LayerAccumulator:
             self.pending = []
 
     def kappa_2(self) -> float:
+        if not np.isfinite(self.max_abs):
+            return float("nan")
         if not self.alive.all():
             return float("inf")
         self._fold()

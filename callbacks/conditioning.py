@@ -66,7 +66,8 @@ def kappa_2(h: np.ndarray) -> float:
         h: a 2-D array, samples × units.
 
     Returns:
-        The condition number in float64, ``inf`` for a singular H.
+        The condition number in float64, ``inf`` for a singular H, NaN when H holds a
+        non-finite value.
 
     Raises:
         ValueError: ``h`` is not 2-D or has no columns.
@@ -74,6 +75,8 @@ def kappa_2(h: np.ndarray) -> float:
     h = np.asarray(h, dtype=np.float64)
     if h.ndim != 2 or h.shape[1] == 0:
         raise ValueError(f"kappa_2 needs an N x units matrix. Received: shape={h.shape}")
+    if not np.all(np.isfinite(h)):
+        return float("nan")  # undefined; LAPACK's SVD would not converge
     if h.shape[0] < h.shape[1] or not np.all(np.any(h != 0, axis=0)):
         return float("inf")
     sigma = np.linalg.svd(h, compute_uv=False)

@@ -54,13 +54,18 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     Args:
         max_loss: a finite loss above this is divergence. Defaults to ``MAX_LOSS``.
+        ignore: prefixes of epoch metrics that are measurements, not training signals
+            (e.g. an inference-mode evaluation whose BatchNorm moving statistics have not
+            caught up yet and overflow): their values never count as divergence.
+            Defaults to none.
     """
 
     async_safe = True  # the batch-end check reads floats Keras already made
 
-    def __init__(self, max_loss: float = MAX_LOSS):
+    def __init__(self, max_loss: float = MAX_LOSS, ignore: tuple[str, ...] = ()):
         super().__init__()
         self.max_loss = max_loss
+        self.ignore = tuple(ignore)
         self.diverged_at: int | None = None
         self.reason = ""
 
@@ -81,7 +86,7 @@ class DivergenceGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._epoch = epoch
         for key, value in (logs or {}).items():
-            if not math.isfinite(float(value)):
+            if not key.startswith(self.ignore or ("\0",)) and not math.isfinite(float(value)):
                 self._diverge(f"{key} is {float(value)}")
         if logs and "loss" in logs:
             self._check_loss(float(logs["loss"]), "epoch mean")

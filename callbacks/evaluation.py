@@ -24,7 +24,8 @@ class EvaluateSets(keras.callbacks.Callback):
     progress line and in MLflow. Place it before the loggers in the callback list.
 
     Args:
-        sets: name -> data ``evaluate`` accepts (a ``PyDataset`` of unaugmented batches).
+        sets: name -> data ``evaluate`` accepts: a ``PyDataset`` of unaugmented batches or
+            an ``(x, y)`` pair of arrays.
         freq: evaluate every ``freq`` epochs and after the last. Defaults to 1.
     """
 
@@ -43,5 +44,6 @@ class EvaluateSets(keras.callbacks.Callback):
             return
         model = self.model  # under JAX this syncs the trained state into the variables
         for name, data in self.sets.items():
-            results = model.evaluate(data, return_dict=True, verbose=0)
+            x, y = data if isinstance(data, tuple) else (data, None)
+            results = model.evaluate(x, y, return_dict=True, verbose=0)
             logs.update({f"{name}_{key}": float(value) for key, value in results.items()})

@@ -176,6 +176,7 @@ class Context:
         backup_every_s: float = 60.0,
         max_loss: float | None = None,
         keep_model: bool = True,
+        measurements: tuple[str, ...] = (),
     ) -> dict[str, list[float]]:
         """Train with ``model.fit``, resumable per epoch, and return the per-epoch metrics.
 
@@ -185,7 +186,9 @@ class Context:
           (:class:`~depthlab.callbacks.epoch_logger.EpochLogger`);
         * divergence detection (:class:`~depthlab.callbacks.divergence.DivergenceGuard`:
           loss, metrics, gradients, weights; loss bound ``max_loss``), which raises
-          :class:`Diverged` after ``fit``;
+          :class:`Diverged` after ``fit``; metrics whose names start with one of
+          ``measurements`` are logged but never count as divergence (an inference-mode
+          evaluation may overflow while training is sound);
         * with ``best_monitor``, the best epoch's weights (``best_mode`` "max" or "min")
           for :meth:`load_best`;
         * a backup of the whole state (:class:`~depthlab.callbacks.backup.Backup`: weights,
@@ -209,7 +212,7 @@ class Context:
 
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         logger = EpochLogger(epochs=epochs, label=self.job.label, echo=self.echo)
-        guard = DivergenceGuard(MAX_LOSS if max_loss is None else max_loss)
+        guard = DivergenceGuard(MAX_LOSS if max_loss is None else max_loss, measurements)
         ours: list[Any] = [logger, guard]  # the progress line first, whatever fails next
         self.best = None
         if best_monitor is not None:
