@@ -51,6 +51,7 @@ def test_propagation_equals_a_float64_numpy_loop():
     np.testing.assert_allclose(got["grad_diff"], grad_diff, rtol=2e-4)
 
 
+@pytest.mark.once  # a property of the maths; propagate itself is checked per backend above
 @pytest.mark.parametrize("activation, expected, band", [("relu", 1.6467, 0.04),
                                                          ("linear", 2.7048, 0.06)])
 def test_closed_form_mean_squared_output_ratio(activation, expected, band):
@@ -112,6 +113,7 @@ def test_quick_sampler_covariance_and_fig7_crossings(mlruns):
     assert outcomes[0].arrays["out_diff"].shape == (70, 2 * 5)  # betas x (nets x inputs)
 
 
+@pytest.mark.slow  # training claims: torch in CI, every backend in make test-all
 def test_quick_fig9_cells_train_or_explode(mlruns):
     """SPEC §2.7 item 7: on 2,000 / 1,000 MNIST images, 5 epochs at lr 1e-2, (beta, H) =
     (0.9, 0.5) and (0.9, 0.9) reach >= 0.75 test accuracy, (0.1, 0.9) explodes."""
@@ -123,6 +125,7 @@ def test_quick_fig9_cells_train_or_explode(mlruns):
     assert cells[("mnist", 0.1, 0.9)][2] == [0.01]  # the exploded learning rates
 
 
+@pytest.mark.slow  # stacked == separate fits is checked per backend in test_layers_scaled_residual
 def test_fig9_cells_stacked_in_one_fit(mlruns):
     """``--set stack=3``: the three quick cells in one job and one fit; each cell is still a
     result of its own, the exploding one frozen and reported as an explosion."""

@@ -29,6 +29,7 @@ def _table(table: str, rows=None, overrides=None):
     return outcomes, {r.metric: r.notes.startswith("✓") for r in rows_ if r.row == "claim"}
 
 
+@pytest.mark.once  # the counts themselves are checked per backend in test_layers_plainnet
 def test_q7_counts_of_table_i_the_100_layer_nets_and_the_conv_net(mlruns):
     """Q7, §4.7 items 1-3: exact trainable counts from built models; depth 50 flagged."""
     outcomes, verdicts = _table("1")
@@ -68,7 +69,9 @@ def test_q1_to_q6_at_init_on_usps_for_three_seeds(mlruns):
 def test_q8_ten_steps_keep_every_unit_within_the_max_norm(mlruns):
     """§4.5 Q8, §4.7 item 4: proposed, USPS, D=100, 10 steps at lr 0.1: finite loss and
     weights, every incoming vector's norm ≤ 3 (1 + 1e-5) after every step."""
-    outcomes, verdicts = _table("2", rows=["proposed"])
+    # Q8 reads only the 10 steps: the whole-set evaluations around them are cut to heads
+    outcomes, verdicts = _table("2", rows=["proposed"], overrides={
+        "train_images": 1280, "test_images": 500, "probe_images": 256})
     assert len(verdicts) == 2 and all(verdicts.values()), verdicts
     (job,) = outcomes
     norms = job.arrays["max_incoming_norm_steps"]
@@ -102,7 +105,7 @@ def test_usps_and_coil20_parts_and_constant_predictors():
     Table II's readings give the paper's errors exactly."""
     usps = data.usps()
     x = oyedotun._flat(usps.train.x)
-    assert x.shape == (7291, 256) and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (7291, 256) and x.min() >= 0 and x.max() <= 1
     for cls, train, test in ((0, 83.62, 82.11), (5, 92.37, 92.03), (1, 86.22, 86.85)):
         assert round(100 * np.mean(usps.train.y != cls), 2) == train
         assert round(100 * np.mean(usps.test.y != cls), 2) == test

@@ -91,6 +91,7 @@ def test_q3_bn_rc_learns(mlruns):
     assert result["last10_loss"] <= LN10 - 0.15, result["last10_loss"]
 
 
+@pytest.mark.once  # the CLI path per backend: the Marion and Oyedotun end-to-end tests
 def test_command_end_to_end_and_store_contents(tmp_path):
     """The user's command runs a row and everything is readable back from MLflow."""
     store = tmp_path / "mlruns"
