@@ -431,8 +431,10 @@ def diagnose(model, modes: Mapping[str, tuple[np.ndarray, bool]], image_mode: st
     return out
 
 
-def _log_diagnostics(ctx: Context, arrays: Mapping[str, np.ndarray], title: str) -> None:
-    """Per-job artifacts: each mode's per-layer table (CSV) and its mean / max |h| plot."""
+def _log_diagnostics(ctx: Context, arrays: Mapping[str, np.ndarray], title: str,
+                     plot: bool = True) -> None:
+    """Per-job artifacts: each mode's per-layer table (CSV) and, with ``plot``, its mean /
+    max |h| plot (init-time jobs skip it: ~0.7 s each, and the table's Figs 2-8 show them)."""
     from depthlab import plots
     from depthlab.callbacks.activation_stats import statistics_csv
 
@@ -443,8 +445,9 @@ def _log_diagnostics(ctx: Context, arrays: Mapping[str, np.ndarray], title: str)
         stats = {"layer": np.array([f"block_{i + 1}" for i in range(len(stats["mean_abs"]))]),
                  **stats}
         ctx.log_text(statistics_csv(stats), f"diagnostics/{mode}_mode.csv")
-        ctx.log_figure(plots.activation_statistics(stats, f"{title}, BN {mode} mode"),
-                       f"diagnostics/{mode}_mode.png")
+        if plot:
+            ctx.log_figure(plots.activation_statistics(stats, f"{title}, BN {mode} mode"),
+                           f"diagnostics/{mode}_mode.png")
 
 
 def summary(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, float]:
@@ -491,7 +494,7 @@ def execute_diagnostics(job: Job, ctx: Context) -> dict:
     _, batch = _probes(config, train)
     model = build_net(config, batch.shape[1], dataset.num_classes)
     arrays = diagnose(model, {"train_": (batch, True)}, "train_", config.image_samples)
-    _log_diagnostics(ctx, arrays, job.label)
+    _log_diagnostics(ctx, arrays, job.label, plot=False)
     return {**{f"train_mode_{k}": v for k, v in summary(arrays, "train_").items()}, **arrays}
 
 

@@ -60,6 +60,7 @@ RESULT_PREFIX = "result/"  # its own section in the MLflow UI, after the trainin
 ARRAYS_FILE = "results.npz"
 TAG_TABLE = "depthlab.table_id"
 TAG_ARRAYS = "depthlab.arrays"  # "1" when the run has a results.npz
+NOTE_LIMIT = 7_900  # characters of a run description (MLflow truncates tags at 8,000)
 
 
 class Diverged(RuntimeError):
@@ -626,9 +627,12 @@ def _write_report(study: Study, table: str, profile: str, env_tags: Mapping[str,
     markdown = (f"# {title}\n\n{body}{pictures}\nEnvironment of this invocation:\n{meta}\n")
     names = {name: name if isinstance(item, str) else f"{name}.png"
              for name, item in figures.items()}
-    tracking.set_tags({tracking.TAG_NOTE: f"## {title}\n\n{body}\nFigures and data: "
-                       + (", ".join(f"`figures/{n}`" for n in names.values()) or "none")
-                       + " (artifacts of this run)."})
+    tail = ("\nFigures and data: " + (", ".join(f"`figures/{n}`" for n in names.values())
+                                       or "none") + " (artifacts of this run).")
+    if len(body) + len(tail) > NOTE_LIMIT:  # MLflow cuts a tag at 8,000 characters, noisily
+        cut = body[:NOTE_LIMIT - len(tail) - 200].rsplit("\n", 1)[0]
+        body = cut + f"\n\n… (the rest of the table is in the artifact `{stem}.md`)\n"
+    tracking.set_tags({tracking.TAG_NOTE: f"## {title}\n\n{body}{tail}"})
     tracking.log_text(markdown, f"{stem}.md")
     tracking.log_text(report.csv_table(rows), f"{stem}.csv")
     for name, item in figures.items():
