@@ -202,8 +202,9 @@ def table2_jobs(config: OyedotunConfig, rows, profile: str = "paper") -> list[Jo
                 job_config = dataclasses.replace(
                     job_config, epochs=1, steps_per_epoch=QUICK_TABLE2_STEPS, train_images=0,
                     test_images=0, check_max_norm=net == "proposed")
+            # the paper's lr0 0.1 rows are Fig 9's depth-100 USPS jobs where they share a net
             suffix = "" if lr0 == TABLE2_LRS[0] else f"_lr{lr0:g}"
-            jobs.append(_job(f"{net}{suffix}", job_config))
+            jobs.append(_job(f"usps_{net}_d100{suffix}", job_config))
     return _keep(jobs, rows)
 
 
@@ -543,7 +544,8 @@ def execute_train(job: Job, ctx: Context) -> dict:
         callbacks.insert(0, monitor)
     history = ctx.fit(model, batches, epochs=config.epochs, callbacks=callbacks,
                       steps_per_epoch=config.steps_per_epoch or None,
-                      measurements=(EVAL_PREFIX,), max_loss=math.inf)
+                      measurements=(EVAL_PREFIX,), max_loss=math.inf,
+                      keep_model=config.depth == 100)  # 36 MB each: the nets Figs 2-8 study
     train_error = 100 * (1 - np.array(history["eval_train_accuracy"]))
     test_error = 100 * (1 - np.array(history["eval_test_accuracy"]))
     ctx.log_figure(curves_figure(train_error, test_error, history["loss"], job.label),

@@ -70,7 +70,7 @@ def test_q8_ten_steps_keep_every_unit_within_the_max_norm(mlruns):
     """§4.5 Q8, §4.7 item 4: proposed, USPS, D=100, 10 steps at lr 0.1: finite loss and
     weights, every incoming vector's norm ≤ 3 (1 + 1e-5) after every step."""
     # Q8 reads only the 10 steps: the whole-set evaluations around them are cut to heads
-    outcomes, verdicts = _table("2", rows=["proposed"], overrides={
+    outcomes, verdicts = _table("2", rows=["usps_proposed_d100"], overrides={
         "train_images": 1280, "test_images": 500, "probe_images": 256})
     assert len(verdicts) == 2 and all(verdicts.values()), verdicts
     (job,) = outcomes
@@ -187,3 +187,35 @@ def test_table_a1_end_to_end_through_the_cli(tmp_path):
     assert len(text) == 1 + 100 and text[1].startswith("1,block_1,")
     assert job.data.metrics["result/train_mode_ratio_100_1"] < 1e-10
     assert (tmp_path / "r" / f"oyedotun_tablea1_quick_{BACKEND}_a1.png").stat().st_size > 10_000
+
+
+@pytest.mark.once
+def test_paper_profile_code_paths_on_a_stand_in(mlruns):
+    """The paper profile's Table II and trained-net diagnostics, run on a stand-in (two
+    epochs of two steps on heads of USPS; the 300-epoch recipe needs a GPU): the jobs
+    finish, the acceptance lines of §4.7 item 12 and the trained-net readings of Figs 2-5
+    are printed with a verdict, and the figures are drawn in inference mode."""
+    small = {"epochs": 2, "steps_per_epoch": 2, "train_images": 256, "test_images": 256,
+             "probe_images": 256}
+    outcomes = runner.run(oyedotun.STUDY, "2", "paper", config=oyedotun.PAPER,
+                          rows=["usps_maxnorm_only_d100", "usps_proposed_d100"],
+                          overrides=small,
+                          results_dir=None, echo=lambda line: None)
+    assert [o.status for o in outcomes] == ["finished", "finished"]
+    rows = oyedotun.STUDY.report("2", oyedotun.PAPER, outcomes, "paper")
+    claims = [r.metric for r in rows if r.row == "claim"]
+    assert claims == ["Max-norm fails to train (train err ≥ 50%)",
+                      "Proposed trains: train err ≤ 1%", "Proposed generalises: test err ≤ 7%"]
+    trained = outcomes[1].arrays
+    assert trained["inf_mean_abs"].shape == (100,) and trained["train_mean_abs"].shape == (100,)
+    assert trained["train_error_curve"].shape == (2,)
+    outcomes = runner.run(oyedotun.STUDY, "fig2-8", "paper", config=oyedotun.PAPER,
+                          rows=["usps_glorot_d100", "usps_proposed_d100"], overrides=small,
+                          results_dir=None, echo=lambda line: None)
+    assert [o.status for o in outcomes] == ["finished", "skipped"]  # Table II's job, reused
+    rows = oyedotun.STUDY.report("fig2-8", oyedotun.PAPER, outcomes, "paper")
+    assert [r.metric.split(":")[0] for r in rows if r.row == "claim"] == [
+        "naive (Glorot init), USPS", "Proposed, USPS"]
+    figures = oyedotun.STUDY.figures("fig2-8", oyedotun.PAPER, outcomes, "paper")
+    assert {"fig3", "fig4", "fig5", "fig8", "a1"} <= set(figures)
+    assert "BN inference mode, trained" in figures["fig3"]._suptitle.get_text()
