@@ -173,7 +173,7 @@ def _tf_loop(depth: int, x, y) -> float:
 
     rng = np.random.default_rng(0)
     sizes = [x.shape[1]] + [WIDTH] * depth
-    kernels = [tf.Variable(rng.uniform(-1, 1, (a, WIDTH)).astype("float32") * np.sqrt(6 / a))
+    kernels = [tf.Variable((rng.uniform(-1, 1, (a, WIDTH)) * np.sqrt(6 / a)).astype("float32"))
                for a in sizes[:-1]]
     others = [tf.Variable(np.full(WIDTH, v, "float32")) for _ in range(depth) for v in (0, 1, 0)]
     head = [tf.Variable(rng.uniform(-0.1, 0.1, (WIDTH, 10)).astype("float32")),
