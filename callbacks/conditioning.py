@@ -126,8 +126,7 @@ def kernel_conditioning(model: keras.Model) -> dict[str, float]:
         kernel = getattr(layer, "kernel", None)
         if kernel is None or len(kernel.shape) != 2 or kernel.shape[0] != kernel.shape[1]:
             continue
-        name = kernel.path.removesuffix("/kernel") if "/" in kernel.path else layer.name
-        out[name] = kappa_inf(keras.ops.convert_to_numpy(kernel).T)
+        out[kernel.path.removesuffix("/kernel")] = kappa_inf(keras.ops.convert_to_numpy(kernel).T)
     return out
 
 

@@ -86,7 +86,9 @@ class DivergenceGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._epoch = epoch
         for key, value in (logs or {}).items():
-            if not key.startswith(self.ignore or ("\0",)) and not math.isfinite(float(value)):
+            if self.ignore and key.startswith(self.ignore):
+                continue
+            if not math.isfinite(float(value)):
                 self._diverge(f"{key} is {float(value)}")
         if logs and "loss" in logs:
             self._check_loss(float(logs["loss"]), "epoch mean")

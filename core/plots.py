@@ -22,6 +22,16 @@ def _title(figure: Figure, text: str, width: int = 110) -> None:
     figure.suptitle("\n".join(textwrap.wrap(text, width)), fontsize=9)
 
 
+def _label(axes, name: str, xlabel: str, ylabel: str, log_y: bool) -> None:
+    """A panel's title, axis labels, optional log y axis and grid."""
+    axes.set_title(name, fontsize=10)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if log_y:
+        axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)
+
+
 def gradient_flow(labels: Sequence[str], per_epoch: np.ndarray, title: str,
                   ylabel: str = "mean |grad|", epochs: Sequence[int] | None = None) -> Figure:
     """The course's gradient-flow plot (SPEC §3.1) beside the same data on a log axis.
@@ -205,12 +215,7 @@ def mean_ci_panels(panels: Mapping[str, tuple[Sequence[float], np.ndarray]], xla
         bands = np.array([bootstrap_ci(row) for row in samples])
         axes.plot(x, means, marker="o", markersize=3)
         axes.fill_between(x, bands[:, 0], bands[:, 1], alpha=0.25)
-        axes.set_title(name, fontsize=10)
-        axes.set_xlabel(xlabel)
-        axes.set_ylabel(ylabel)
-        if log_y:
-            axes.set_yscale("log")
-        axes.grid(True, alpha=0.3)
+        _label(axes, name, xlabel, ylabel, log_y)
     _title(figure, title)
     return figure
 
@@ -311,12 +316,7 @@ def line_panels(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequenc
                 y = np.where(y > 0, y, np.nan)
             axes.plot(x, y, (styles or {}).get(label, "-"), marker="o", markersize=2,
                       linewidth=1, label=label)
-        axes.set_title(name, fontsize=10)
-        axes.set_xlabel(xlabel)
-        axes.set_ylabel(ylabel)
-        if log_y:
-            axes.set_yscale("log")
-        axes.grid(True, alpha=0.3)
+        _label(axes, name, xlabel, ylabel, log_y)
         if len(series) > 1:
             axes.legend(fontsize=7)
     _title(figure, title)

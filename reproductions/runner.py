@@ -60,6 +60,7 @@ RESULT_PREFIX = "result/"  # its own section in the MLflow UI, after the trainin
 ARRAYS_FILE = "results.npz"
 TAG_TABLE = "depthlab.table_id"
 TAG_ARRAYS = "depthlab.arrays"  # "1" when the run has a results.npz
+RESULTS_TEXT_LIMIT = 1 << 20  # bytes: a larger data file goes to MLflow, not docs/results
 NOTE_LIMIT = 7_900  # characters of a run description (MLflow truncates tags at 8,000)
 
 
@@ -624,7 +625,13 @@ def _write_report(study: Study, table: str, profile: str, env_tags: Mapping[str,
     pictures = "".join(f"\n![{name}]({stem}_{name}.png)\n" for name, item in figures.items()
                        if not isinstance(item, str))
     body = (f"{report.markdown_table(rows)}\n\n## Runs\n\n{_jobs_table(outcomes)}\n")
-    markdown = (f"# {title}\n\n{body}{pictures}\nEnvironment of this invocation:\n{meta}\n")
+    too_large = [name for name, item in figures.items()  # too large for a results folder in git
+            if isinstance(item, str) and len(item.encode()) > RESULTS_TEXT_LIMIT]
+    only_mlflow = "".join(f"\n`{name}` ({len(figures[name].encode()) / 2**20:.1f} MiB) is kept "
+                          f"only in MLflow, as the artifact `figures/{name}` of this table's "
+                          "parent run.\n" for name in too_large)
+    markdown = (f"# {title}\n\n{body}{pictures}{only_mlflow}\nEnvironment of this invocation:"
+                f"\n{meta}\n")
     names = {name: name if isinstance(item, str) else f"{name}.png"
              for name, item in figures.items()}
     tail = ("\nFigures and data: " + (", ".join(f"`figures/{n}`" for n in names.values())
@@ -646,7 +653,8 @@ def _write_report(study: Study, table: str, profile: str, env_tags: Mapping[str,
         files.write_text(folder / f"{stem}.csv", report.csv_table(rows))
         for name, item in figures.items():
             if isinstance(item, str):
-                files.write_text(folder / f"{stem}_{name}", item)
+                if name not in too_large:
+                    files.write_text(folder / f"{stem}_{name}", item)
                 continue
             files.ensure_space(folder, 4 << 20, f"the figure {name}")
             with files.atomic_path(folder / f"{stem}_{names[name]}", suffix=".png") as tmp:

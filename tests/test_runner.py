@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_study
+from conftest import BACKEND
 from mlflow.tracking import MlflowClient
 from tiny_study import CRASH_AT, STUDY, TinyConfig
 
@@ -325,3 +326,19 @@ def test_every_study_keeps_train_val_and_test_disjoint():
     coursework_val = data.cifar_indices("val", "coursework")
     assert np.intersect1d(coursework_val, np.arange(2048)).size == 95
     assert quick["val"][1].min() >= 2048 and len(quick["val"][1]) == 500
+
+
+def test_data_files_too_large_for_the_results_folder_stay_in_mlflow(mlruns, tmp_path):
+    """A figure's CSV above RESULTS_TEXT_LIMIT goes to the parent run only; the results
+    folder (docs/results, in git) gets the table, the small files and a line saying where."""
+    big, small = "x" * (runner.RESULTS_TEXT_LIMIT + 1), "a,b\n1,2\n"
+    study = dataclasses.replace(STUDY, figures=lambda table, config, outcomes, profile: {
+        "big.csv": big, "small.csv": small})
+    outcomes = runner.run(study, "t", "quick", config=TinyConfig(epochs=1), results_dir=tmp_path,
+                          echo=lambda line: None)
+    stem = f"tiny_tablet_quick_{BACKEND}"
+    assert (tmp_path / f"{stem}_small.csv").read_text() == small
+    assert not (tmp_path / f"{stem}_big.csv").exists()
+    assert "`big.csv` (1.0 MiB) is kept only in MLflow" in (tmp_path / f"{stem}.md").read_text()
+    parent = tracking.get_run(outcomes[0].run_id).data.tags["mlflow.parentRunId"]
+    assert _csv(parent, "figures/big.csv", tmp_path / "dl") == big
