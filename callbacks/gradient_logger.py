@@ -70,6 +70,11 @@ class GradientLogger(keras.callbacks.Callback):
             -> "stage_1/block_7") until at most ``max_tensors`` groups remain.
         log_to_mlflow: send metrics and artifacts to the active MLflow run. Defaults to
             True.
+        watch: MLflow metric key -> variable (its path without the model's name, e.g.
+            ``{"grad/stem_mean_abs": "stem_conv/kernel"}``): that variable's mean |g| is
+            logged as a metric at every read (step = the optimizer step it belongs to),
+            whatever the grouping; ``history["watch"]`` holds the series [S x W] in the
+            order of ``history["watch_keys"]``. Defaults to none.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class GradientLogger(keras.callbacks.Callback):
         max_tensors: int = 1000,
         group: Callable[[str], str] | None = None,
         log_to_mlflow: bool = True,
+        watch: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         if int(every_n_steps) < 1:
@@ -99,6 +105,8 @@ class GradientLogger(keras.callbacks.Callback):
         self.max_tensors = int(max_tensors)
         self.group = group
         self.log_to_mlflow = log_to_mlflow
+        self.watch = dict(watch or {})
+        self._watch_index = np.zeros(0, int)
         self._capture: GradientCapture | None = None
         self._slice_labels: list[str] = []
         self._reset([], np.zeros(0, int), None)
@@ -115,7 +123,8 @@ class GradientLogger(keras.callbacks.Callback):
         self._epoch_steps: list[int] = []
         self._steps: list[int] = []
         self._step_rows: dict[str, list] = {
-            k: [] for k in ("norm", "mean_abs", "global_norm", "clip_factor", "slices")
+            k: [] for k in ("norm", "mean_abs", "global_norm", "clip_factor", "slices",
+                            "watch")
         }
         self._epoch_slices: list[np.ndarray] = []
         self._count = 0  # optimizer steps done before the current epoch
@@ -150,6 +159,9 @@ class GradientLogger(keras.callbacks.Callback):
         def slices(rows: list) -> np.ndarray:
             return np.array(rows, "float32").reshape(len(rows), k)
 
+        out["watch_keys"] = list(self.watch)
+        out["watch"] = np.array(self._step_rows["watch"], "float64").reshape(
+            len(self._step_rows["watch"]), len(self.watch))
         out["slice_labels"] = list(self._slice_labels)
         out["step_slice_norms"] = slices(self._step_rows["slices"])
         out["epoch_slice_norms"] = slices(self._epoch_slices)
@@ -178,6 +190,12 @@ class GradientLogger(keras.callbacks.Callback):
         self._capture = capture
         labels, index = [], []
         prefix = f"{model.name}/"
+        paths = [v.path.removeprefix(prefix) for v in capture.tracked_variables]
+        missing = sorted(set(self.watch.values()) - set(paths))
+        if missing:
+            raise ValueError(f"GradientLogger watch: no trainable variable {missing}. "
+                             f"Received: watch={self.watch}")
+        self._watch_index = np.array([paths.index(p) for p in self.watch.values()], int)
         for i, variable in enumerate(capture.tracked_variables):
             if self.labels is not None:
                 label = self.labels(variable)
@@ -235,7 +253,8 @@ class GradientLogger(keras.callbacks.Callback):
 
     def backup_state(self, folder: Path) -> dict:
         h = self.history
-        arrays = {k: v for k, v in h.items() if k not in ("labels", "slice_labels")}
+        arrays = {k: v for k, v in h.items()
+                  if k not in ("labels", "slice_labels", "watch_keys")}
         np.savez(folder / "gradient_history.npz", **arrays)
         return {"labels": h["labels"], "count": self._count,
                 "last_row_count": self._last_row_count}
@@ -254,7 +273,8 @@ class GradientLogger(keras.callbacks.Callback):
         self._step_rows = {"norm": list(h["step_norms"]), "mean_abs": list(h["step_mean_abs"]),
                            "global_norm": h["global_norm"].tolist(),
                            "clip_factor": h["clip_factor"].tolist(),
-                           "slices": list(h["step_slice_norms"])}
+                           "slices": list(h["step_slice_norms"]),
+                           "watch": list(h["watch"]) if "watch" in h else []}
         self._epoch_slices = list(h["epoch_slice_norms"])
         self._count, self._last_row_count = int(state["count"]), int(state["last_row_count"])
 
@@ -301,6 +321,14 @@ class GradientLogger(keras.callbacks.Callback):
         self._step_rows["global_norm"].append(float(values["last_global_norm"]))
         self._step_rows["clip_factor"].append(float(values["last_clip_factor"]))
         self._step_rows["slices"].append(values["slice_norms"].astype("float32"))
+        if self.watch:
+            watched = values["last_mean_abs"][self._watch_index]
+            self._step_rows["watch"].append(watched)
+            if self.log_to_mlflow:
+                from depthlab import tracking
+
+                tracking.log_metrics(dict(zip(self.watch, map(float, watched), strict=True)),
+                                     step=count - 1)
 
     def _log_epoch(self, epoch: int, values: dict[str, np.ndarray], last_mean: np.ndarray,
                    mean_norm: np.ndarray) -> None:

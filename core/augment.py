@@ -48,6 +48,45 @@ def random_crop_flip(
     return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+def color_jitter(
+    images: np.ndarray, rng: np.random.Generator, brightness: float = 0.2,
+    contrast: float = 0.2, saturation: float = 0.2
+) -> np.ndarray:
+    """torchvision's ``ColorJitter(brightness, contrast, saturation, hue=0)``, per image.
+
+    Each image draws its three factors uniform in [1 - x, 1 + x] and a random order of
+    the three adjustments, as ``ColorJitter.get_params`` does (SPEC §1.3), then applies
+    torchvision's tensor arithmetic on floats in [0, 1]: brightness scales; contrast
+    blends with the mean of the image's grayscale; saturation blends with the grayscale
+    image; each result is clamped to [0, 1]. (The reference jitters PIL images, which
+    round to uint8 after each adjustment; this float version does not round.)
+
+    Args:
+        images: float32 (N, H, W, 3) in [0, 1].
+        rng: numpy Generator (factors, then orders, are drawn from it).
+        brightness, contrast, saturation: the jitter strengths. Defaults to 0.2 each.
+
+    Returns:
+        The jittered float32 images.
+    """
+    n = len(images)
+    strengths = np.array([brightness, contrast, saturation], np.float64)
+    factors = rng.uniform(1 - strengths, 1 + strengths, size=(n, 3)).astype(np.float32)
+    orders = np.argsort(rng.random((n, 3)), axis=1)  # a uniform random permutation per image
+    out = np.asarray(images, np.float32)
+    weights = np.array([0.2989, 0.587, 0.114], np.float32)  # torchvision's rgb_to_grayscale
+    for position in range(3):
+        op = orders[:, position]
+        f = factors[np.arange(n), op][:, None, None, None]
+        gray = (out @ weights)[..., None]
+        mean = gray.mean(axis=(1, 2, 3), keepdims=True)
+        blended = np.where((op == 0)[:, None, None, None], out * f,
+                           np.where((op == 1)[:, None, None, None], f * out + (1 - f) * mean,
+                                    f * out + (1 - f) * gray))
+        out = np.clip(blended, 0.0, 1.0)
+    return out
+
+
 def normalize(
     images: np.ndarray, mean: Sequence[float] | float = 0.0, std: Sequence[float] | float = 1.0
 ) -> np.ndarray:

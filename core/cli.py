@@ -21,7 +21,8 @@ from typing import Any
 from depthlab import backend, config
 
 STUDIES = {"vgg": "depthlab.reproductions.vgg", "marion": "depthlab.reproductions.marion",
-           "oyedotun": "depthlab.reproductions.oyedotun"}
+           "oyedotun": "depthlab.reproductions.oyedotun",
+           "convnext": "depthlab.reproductions.convnext"}
 EXIT_BAD_INPUT = 2
 
 

@@ -565,11 +565,35 @@ def _cifar_name(num_classes: int) -> str:
     return f"cifar{num_classes}"
 
 
-SPLITS = ("coursework", "official", "head")
+SPLITS = ("coursework", "official", "head", "stratified")
+STRATIFIED_SEED = 42  # the ConvNeXt quick profile's subsets (SPEC §1.5)
+
+
+def stratified_indices(labels: np.ndarray, count: int, seed: int = STRATIFIED_SEED) -> np.ndarray:
+    """``count`` indices with an equal share of every class (the first ``count % classes``
+    classes get one more), each class's share drawn without replacement from a
+    ``default_rng(seed)`` permutation of its indices; ascending.
+
+    Raises:
+        ValueError: a class has fewer images than its share.
+    """
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    base, extra = divmod(int(count), len(classes))
+    picked = []
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        share = base + (i < extra)
+        if share > len(members):
+            raise ValueError(f"class {c} has {len(members)} images, fewer than its share {share}")
+        picked.append(rng.permutation(members)[:share])
+    return np.sort(np.concatenate(picked))
 
 
 def cifar_parts(split: str = "coursework", train_images: int = 0, val_images: int = 0,
-                test_images: int = 0) -> dict[str, tuple[str, np.ndarray]]:
+                test_images: int = 0, num_classes: int = 10
+                ) -> dict[str, tuple[str, np.ndarray]]:
     """Each part's (file part, indices into it): the one definition of the CIFAR splits.
 
     Args:
@@ -578,8 +602,12 @@ def cifar_parts(split: str = "coursework", train_images: int = 0, val_images: in
             train = all 50,000, no val; "head" (the VGG quick profile, SPEC §3.5): train =
             the first ``train_images`` of the training file in file order, val = the
             coursework validation images outside that head (the first 2,048 hold 95 of
-            them: train and val stay disjoint). Test is the test file's order in all.
+            them: train and val stay disjoint); "stratified" (the ConvNeXt quick profile,
+            SPEC §1.5): train and test as "official", ``train_images`` / ``test_images``
+            choose class-balanced subsets (:func:`stratified_indices`, seed 42), no val.
+            Test is the test file's order in all.
         train_images, val_images, test_images: keep the first N of the part; 0 keeps all.
+        num_classes: 10 or 100 (the labels a stratified split balances). Defaults to 10.
 
     Returns:
         {"train": ("train", idx), "val": ("train", idx), "test": ("test", idx)}.
@@ -588,6 +616,14 @@ def cifar_parts(split: str = "coursework", train_images: int = 0, val_images: in
         raise ValueError(f"split must be one of {', '.join(SPLITS)}. Received: {split=}")
     train = _coursework_train()
     val = np.setdiff1d(np.arange(50_000), train)
+    if split == "stratified":
+        train, val = np.arange(50_000), np.arange(0)
+        test = np.arange(10_000)
+        if train_images:
+            train = stratified_indices(cifar_labels(num_classes, "train"), train_images)
+        if test_images:
+            test = stratified_indices(cifar_labels(num_classes, "test"), test_images)
+        return {"train": ("train", train), "val": ("train", val), "test": ("test", test)}
     if split == "official":
         train, val = np.arange(50_000), np.arange(0)
     elif split == "head":
@@ -675,13 +711,13 @@ def _cifar(num_classes: int, split: str, train_images: int, val_images: int,
            test_images: int, stamp: tuple) -> Dataset:
     name = _cifar_name(num_classes)
     parts = {}
-    for part, (source, idx) in cifar_parts(split, train_images, val_images,
-                                           test_images).items():
+    for part, (source, idx) in cifar_parts(split, train_images, val_images, test_images,
+                                           num_classes).items():
         x = cifar_images(num_classes, source, idx)
         y = cifar_labels(num_classes, source)[idx]
         x.flags.writeable = y.flags.writeable = False
         parts[part] = Split(x, y)
-    val = parts["val"] if split != "official" else None
+    val = parts["val"] if split not in ("official", "stratified") else None
     return Dataset(name, parts["train"], val, parts["test"], num_classes, is_lossy(name))
 
 

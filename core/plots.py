@@ -8,7 +8,7 @@ figures can be redrawn from the store at any time.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -335,5 +335,22 @@ def activation_images(images: Mapping[str, np.ndarray], title: str) -> Figure:
         axes.set_xlabel("sample")
         axes.set_ylabel("unit")
         figure.colorbar(shown, ax=axes)
+    _title(figure, title)
+    return figure
+
+
+def points_on_curves(curves: Mapping[str, Callable[[np.ndarray], np.ndarray]],
+                     points: np.ndarray, span: tuple[float, float], xlabel: str,
+                     title: str) -> Figure:
+    """One panel per curve f(x) over ``span``, with ``points`` (x values) marked on it (the
+    ConvNeXt study's sigmoid demo: pre-activations on sigmoid and on its derivative)."""
+    x = np.linspace(span[0], span[1], 2001)
+    points = np.asarray(points, dtype=float)
+    figure = Figure(figsize=(4.6 * len(curves), 3.9), layout="constrained")
+    for axes, (name, f) in zip(np.atleast_1d(figure.subplots(1, len(curves))), curves.items(),
+                               strict=True):
+        axes.plot(x, f(x), linewidth=1, color="0.4")
+        axes.scatter(points, f(points), s=6, color="tab:red", alpha=0.5, zorder=3)
+        _label(axes, name, xlabel, name, False)
     _title(figure, title)
     return figure

@@ -199,6 +199,34 @@ def convnext_param_count(
     return total
 
 
+def memory_estimate(
+    depths: Sequence[int] = DEFAULT_DEPTHS,
+    dims: Sequence[int] = DEFAULT_DIMS,
+    batch: int = 64,
+    remat: bool = False,
+    bf16: bool = True,
+    image_size: int = 32,
+) -> dict[str, int]:
+    """SPEC §1.5's memory model of one training step, in bytes (an estimate, not a measure).
+
+    A block keeps ~26 bytes per element of its B x C x H x W input in eager bf16-mixed
+    (bf16 dwconv input 2, fp32 LN input 4, bf16 LN output 2, bf16 4C pre-activation 8,
+    bf16 4C GELU output 8, bf16 branch output 2), 52 in float32; with per-block remat only
+    the fp32 input (4 bytes). States: 16 bytes per parameter (fp32 weight, grad, Adam m, v).
+
+    Returns:
+        {"states", "activations", "total"}.
+    """
+    per_element = 4 if remat else (26 if bf16 else 52)
+    activations, size = 0, image_size
+    for s, (blocks, dim) in enumerate(zip(depths, dims, strict=True)):
+        if s:
+            size //= 2
+        activations += blocks * batch * dim * size * size * per_element
+    states = 16 * convnext_param_count(depths, dims)
+    return {"states": states, "activations": activations, "total": states + activations}
+
+
 def build_convnext(
     depths: Sequence[int] = DEFAULT_DEPTHS,
     dims: Sequence[int] = DEFAULT_DIMS,
