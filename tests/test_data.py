@@ -651,3 +651,54 @@ def test_flatten_is_channel_major_as_torchvision():
     np.testing.assert_array_equal(batch, expected)
     grey, _ = ImageBatches(x[..., 0], np.zeros(2), batch_size=2, flatten=True)[0]
     np.testing.assert_array_equal(grey, x[..., 0].reshape(2, -1).astype(np.float32) / 255)
+
+
+def test_color_jitter_is_torchvisions_arithmetic_per_image():
+    """SPEC §1.3: each image draws its own factors and order; each adjustment is
+    torchvision's tensor formula (brightness scales, contrast blends with the grayscale
+    mean, saturation with the grayscale image), clamped to [0, 1]."""
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 4, 4, 3)).astype("float32")
+    gray_w = np.array([0.2989, 0.587, 0.114], "float32")
+
+    def brightness(img, f):
+        return np.clip(img * f, 0, 1)
+
+    def contrast(img, f):
+        return np.clip(f * img + (1 - f) * (img @ gray_w).mean(), 0, 1)
+
+    def saturation(img, f):
+        return np.clip(f * img + (1 - f) * (img @ gray_w)[..., None], 0, 1)
+
+    ops_ = (brightness, contrast, saturation)
+    out = augment.color_jitter(x, np.random.default_rng(1))
+    draw = np.random.default_rng(1)  # the same stream: factors, then orders
+    factors = draw.uniform([0.8] * 3, [1.2] * 3, size=(64, 3)).astype("float32")
+    orders = np.argsort(draw.random((64, 3)), axis=1)
+    for i in range(64):
+        want = x[i]
+        for op in orders[i]:
+            want = ops_[op](want, factors[i, op])
+        np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-6)
+    assert len({tuple(o) for o in orders}) == 6  # every order occurs
+    assert out.min() >= 0 and out.max() <= 1 and out.dtype == np.float32
+    same = augment.color_jitter(x, np.random.default_rng(1), 0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(same, x)  # zero strength: identity
+
+
+def test_stratified_subsets_are_balanced_deterministic_and_disjoint():
+    """SPEC §1.5: 2,560 training / 1,000 validation images, class-balanced, seed 42."""
+    parts = data.cifar_parts("stratified", 2560, 0, 1000)
+    train, test = parts["train"][1], parts["test"][1]
+    assert parts["train"][0] == "train" and parts["test"][0] == "test" and not len(parts["val"][1])
+    assert len(train) == 2560 == len(np.unique(train)) and len(test) == 1000
+    counts = np.bincount(data.cifar_labels(10, "train")[train], minlength=10)
+    assert counts.tolist() == [256] * 10
+    assert np.bincount(data.cifar_labels(10, "test")[test]).tolist() == [100] * 10
+    np.testing.assert_array_equal(train, data.cifar_parts("stratified", 2560)["train"][1])
+    dataset = data.cifar(10, "stratified", 2560, 0, 1000)
+    assert dataset.val is None and dataset.train.x.shape == (2560, 32, 32, 3)
+    assert data.stratified_indices(np.arange(10) % 3, 4).tolist() == sorted(
+        data.stratified_indices(np.arange(10) % 3, 4).tolist())
+    with pytest.raises(ValueError, match="fewer than its share"):
+        data.stratified_indices(np.array([0, 0, 1]), 4)

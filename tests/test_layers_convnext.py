@@ -328,3 +328,18 @@ def test_layerscale_values_and_config():
     np.testing.assert_allclose(_np(channel(x)), x * np.array([1.0, -1.0, 0.0]), rtol=1e-7)
     clone = LayerScale.from_config(channel.get_config())
     assert clone.get_config() == channel.get_config() and clone.trainable is False
+
+
+def test_memory_model_reproduces_the_spec_estimates():
+    """SPEC §1.5: 1004 layers 2.9 GiB states + 11.0 GiB activations; 1607 (45-45-400-45)
+    22.3 GiB, 7.4 with remat; 10,022 layers 46 GiB with remat, 139 without (bf16, batch 64)."""
+    from depthlab.layers.convnext import memory_estimate
+
+    gib = 2**30
+    m1004 = memory_estimate((28, 28, 250, 28))
+    assert round(m1004["states"] / gib, 1) == 2.9 and round(m1004["activations"] / gib, 1) == 11.0
+    assert round(memory_estimate((45, 45, 400, 45))["total"] / gib, 1) == 22.3
+    assert round(memory_estimate((45, 45, 400, 45), remat=True)["total"] / gib, 1) == 7.4
+    big = (280, 280, 2500, 280)
+    assert round(memory_estimate(big, remat=True)["total"] / gib) == 46
+    assert round(memory_estimate(big)["total"] / gib) == 139
