@@ -537,9 +537,12 @@ def _run_rows(table: str, done: list[Outcome], paper: Mapping, profile: str
 
 
 def _e3_row(config: ConvNeXtConfig) -> str:
-    if not config.layerscale_trainable:
-        return "1-frozen"
-    return f"{config.layerscale_init:g}"
+    """The E3 row a config's LayerScale settings are ("" for none)."""
+    for name, fields in E3_ROWS.items():
+        if (config.layerscale_init == fields["layerscale_init"] and config.layerscale_trainable
+                == fields.get("layerscale_trainable", True)):
+            return name
+    return ""
 
 
 def _memory_rows(o: Outcome) -> list[Comparison]:

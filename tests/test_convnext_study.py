@@ -173,3 +173,22 @@ def test_cli_runs_a_table_end_to_end_and_the_store_holds_it(tmp_path):
                                capture_output=True, text=True, timeout=300)
         assert wrong.returncode == 2 and says in wrong.stderr, (bad, wrong.stderr)
         assert "Traceback" not in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # bf16 + remat compile for ~40 s under XLA on CPU; ~10 s on torch
+def test_paper_code_path_on_a_stand_in(mlruns):
+    """The paper profile's path (bf16-mixed policy set by the runner, per-block remat, the
+    full-length OneCycle, colour jitter, early stopping armed) on a stand-in small enough for
+    a CPU: it finishes with finite stem gradients and the paper acceptance lines."""
+    config = dataclasses.replace(convnext.PAPER, dims=(8, 16, 16, 16), train_images=64,
+                                 val_images=20, batch_size=32, epochs=1, grad_every=1)
+    outcomes = runner.run(convnext.STUDY, "e1", "paper", config=config, rows=["26"],
+                          overrides={"remat": True}, results_dir=None, echo=lambda line: None)
+    (job,) = outcomes
+    assert job.status == "finished", job.message
+    assert job.job.config.remat and job.job.config.precision == "mixed_bfloat16"
+    assert job.results["stem_finite_positive"] == 1.0 and job.results["steps"] == 2
+    assert job.results["stem_count"] == 2
+    lines = convnext.STUDY.report("e1", config, outcomes, "paper")
+    assert any(r.row == "claim" and "val acc %" in r.metric for r in lines)
+    assert any(r.metric == "stem mean|grad| median" and r.paper == 0.04034 for r in lines)
