@@ -68,20 +68,21 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.ignore = tuple(ignore)
         self.diverged_at: int | None = None
         self.reason = ""
+        self._batch: int | None = None  # the batch the reason names (batch-end checks)
 
     @property
     def diverged(self) -> bool:
         return self.diverged_at is not None
 
     def on_train_begin(self, logs=None):
-        self.diverged_at, self.reason = None, ""
+        self.diverged_at, self.reason, self._batch = None, "", None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         if logs and "loss" in logs:
-            self._check_loss(float(logs["loss"]), f"step {batch + 1}")
+            self._check_loss(float(logs["loss"]), f"step {batch + 1}", batch)
 
     def on_epoch_end(self, epoch, logs=None):
         self._epoch = epoch
@@ -102,15 +103,19 @@ class DivergenceGuard(keras.callbacks.Callback):
         if bad is not None:
             self._diverge(f"weight {bad} is not finite")
 
-    def _check_loss(self, loss: float, where: str) -> None:
+    def _check_loss(self, loss: float, where: str, batch: int | None = None) -> None:
         if not math.isfinite(loss):
-            self._diverge(f"loss is {loss} ({where})")
+            self._diverge(f"loss is {loss} ({where})", batch)
         elif loss > self.max_loss:
-            self._diverge(f"loss {loss:.3g} above the bound {self.max_loss:g} ({where})")
+            self._diverge(f"loss {loss:.3g} above the bound {self.max_loss:g} ({where})", batch)
 
-    def _diverge(self, reason: str) -> None:
-        if self.diverged_at is None:
-            self.diverged_at, self.reason = self._epoch + 1, reason
+    def _diverge(self, reason: str, batch: int | None = None) -> None:
+        # Batch-end checks may run out of order (``async_safe``): the earliest batch of the
+        # epoch that diverged is the one reported, whichever thread saw it first.
+        earlier = (batch is not None and self._batch is not None and batch < self._batch
+                   and self.diverged_at == self._epoch + 1)
+        if self.diverged_at is None or earlier:
+            self.diverged_at, self.reason, self._batch = self._epoch + 1, reason, batch
         # ``_model``, not ``model``: this may run on Keras' batch-end thread, and under JAX
         # the ``model`` property syncs the training state, racing the training thread.
         self._model.stop_training = True
