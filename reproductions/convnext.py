@@ -286,7 +286,7 @@ def split_parts(config: ConvNeXtConfig) -> dict[str, tuple[str, np.ndarray]]:
         return {}
     parts = data.cifar_parts("stratified", config.train_images, 0, config.val_images)
     return {"train": (f"cifar10:{parts['train'][0]}", parts["train"][1]),
-            "val": (f"cifar10:{parts['test'][0]}", parts["test"][1])}
+            "test": (f"cifar10:{parts['test'][0]}", parts["test"][1])}  # validates on test
 
 
 def _batches(config: ConvNeXtConfig) -> tuple:
@@ -442,10 +442,6 @@ def datasets(config: ConvNeXtConfig) -> tuple[str, ...]:
 # --- report -----------------------------------------------------------------------------
 
 
-def _got(outcomes: list[Outcome]) -> dict[str, Outcome]:
-    return {o.job.key: o for o in outcomes if o.status in ("finished", "skipped")}
-
-
 def report(table: str, config: ConvNeXtConfig, outcomes: list[Outcome],
            profile: str) -> list[Comparison]:
     paper = paper_numbers()
@@ -456,8 +452,8 @@ def report(table: str, config: ConvNeXtConfig, outcomes: list[Outcome],
         return lost + _e0_rows(done, paper["e0"])
     rows = lost + _run_rows(table, done, paper, profile)
     if profile == "quick":
-        return rows + _quick_claims(table, done, outcomes, paper["quick"])
-    return rows + _paper_claims(table, done, outcomes, paper)
+        return rows + _quick_claims(table, done, paper["quick"])
+    return rows + _paper_claims(table, done, paper)
 
 
 def _e0_rows(done: list[Outcome], ref: Mapping) -> list[Comparison]:
@@ -562,8 +558,7 @@ def _skip_runs(got: Mapping[str, Outcome]) -> dict[str, Outcome]:
     return {k: o for k, o in got.items() if o.job.config.skip}
 
 
-def _quick_claims(table: str, done: list[Outcome], outcomes: list[Outcome],
-                  quick: Mapping) -> list[Comparison]:
+def _quick_claims(table: str, done: list[Outcome], quick: Mapping) -> list[Comparison]:
     source = "SPEC §1.5"
     got = {o.job.key: o for o in done}
     out = []
@@ -674,8 +669,7 @@ def _ablation_claims(table: str, got: Mapping[str, Outcome], scale: str) -> list
     return out
 
 
-def _paper_claims(table: str, done: list[Outcome], outcomes: list[Outcome],
-                  paper: Mapping) -> list[Comparison]:
+def _paper_claims(table: str, done: list[Outcome], paper: Mapping) -> list[Comparison]:
     acc, source = paper["paper_acceptance"], "SPEC §1.5 paper acceptance"
     got = {o.job.key: o for o in done}
     out = []
