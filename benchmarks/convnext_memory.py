@@ -12,12 +12,13 @@ Why each part:
    workspace) is compiled for several depths; its slope over the number of blocks is the
    per-block cost, in float32 and mixed bf16, each with ``remat`` off and on. The acceptance
    of §1.5 is that this slope drops >= 4x with remat.
-2. XLA's CPU pipeline deletes the optimisation barriers that ``jax.checkpoint`` (hence
+2. XLA's CPU pipeline as it ships deletes the optimisation barriers that ``jax.checkpoint`` (hence
    ``keras.remat``) puts around the recompute; without them XLA schedules the recompute in
    the forward pass and keeps its results until the backward, so on CPU the remat saves
    nothing. The report shows where the compiled schedule puts the recompute. The same steps
    are also compiled with ``XLA_FLAGS=--xla_disable_hlo_passes=cse_barrier_expander``
-   (barriers kept), in a separate process, to see what the remat itself saves.
+   (barriers kept, what ``depthlab.backend.select("jax")`` sets), in a separate process, to
+   see what the remat itself saves.
 3. The per-stage slopes plus 16 bytes/param of states give 1004 / 1607 / 10,022-layer
    estimates beside §1.5's.
 4. Step time: remat's recompute cost (acceptance <= 1.4x), and the three Keras backends on
@@ -76,24 +77,12 @@ def _emit(record: dict) -> None:
 
 
 def _jax_step(model, optimizer):
-    """The stateless training step ``(trainable, non_trainable, opt_vars, x, y) -> (loss,
-    new states)`` that ``model.fit`` compiles under JAX, written out."""
-    import jax
     import keras
 
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    from depthlab.backend import memory
 
-    def step(trainable, non_trainable, opt_vars, x, y):
-        def loss_of(trainable):
-            logits, new_non_trainable = model.stateless_call(trainable, non_trainable, x,
-                                                             training=True)
-            return loss_fn(y, logits), new_non_trainable
-
-        (loss, new_non_trainable), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
-        new_trainable, new_opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
-        return loss, new_trainable, new_non_trainable, new_opt_vars
-
-    return step
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return memory.jax_train_step(model, optimizer, loss)
 
 
 def _model_and_optimizer(depths: Sequence[int], dims: Sequence[int], remat: bool, policy: str):
@@ -311,8 +300,10 @@ class Runner:
     def run(self, label: str, worker_args: list[str], backend: str = "jax",
             keep_barriers: bool = False) -> list[dict]:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        if keep_barriers:
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + KEEP_BARRIERS).strip()
+        # depthlab's select() keeps remat's barriers unless XLA_FLAGS names its own list of
+        # disabled passes: an empty list measures XLA as it ships.
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + (
+            KEEP_BARRIERS if keep_barriers else "--xla_disable_hlo_passes=")).strip()
         cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend, *worker_args]
         busy, own, start = _cpu_busy_s(), _children_cpu_s(), time.perf_counter()
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -701,7 +692,8 @@ def _findings_memory(sweep_slopes, memory, kept_memory) -> str:
         "remat saves no memory (its slope is even a little higher, rows above). With the "
         "pass disabled the barriers stay, the recompute moves to the backward pass and the "
         "per-block slope falls to roughly the block's input. Whether XLA GPU keeps the "
-        "barriers was not measured here (no GPU).")
+        "barriers was not measured here (no GPU). depthlab's `backend.select('jax')` "
+        "disables the pass (barriers kept) unless XLA_FLAGS names its own list.")
     lines.append(
         "- The no-remat slopes are well above §1.5's 26 (bf16) / 52 (f32) bytes/element. "
         "JAX's own residual list (table above) already exceeds the model: the exact GELU's "
@@ -718,8 +710,8 @@ def _acceptance(sweep_slopes, stage_slopes, stage_noise, remat_ratios) -> str:
         on, _, noise = sweep_slopes.get(("bf16", label), (0, 0, 0))
         off3, on3 = stage_slopes.get(("no remat", 3), 0), stage_slopes.get((label, 3), 0)
         held = off / max(on, 1e-9) >= 4 and off3 / max(on3, 1e-9) >= 4
-        flag = (" (non-default XLA flag: this is what the remat itself saves, not what "
-                "`keras.remat` gives on XLA CPU)" if "kept" in label else "")
+        flag = (" (XLA's non-default flag, which depthlab's backend.select sets on jax)"
+                if "kept" in label else "")
         lines.append(f"- Per-block slope drop >= 4x (estimate 6.5x), bf16, {label}: "
                      f"stage-3 sweep {_ratio(off, on, noise)}, one-stage stage 3 "
                      f"{_ratio(off3, on3, stage_noise.get((label, 3), 0.0))}"
@@ -727,7 +719,7 @@ def _acceptance(sweep_slopes, stage_slopes, stage_noise, remat_ratios) -> str:
     for label, ratio in remat_ratios.items():
         note = (" (but with XLA defaults the recompute runs in the forward pass and saves no "
                 "memory, so this is not the cost of a working remat)" if label == "defaults"
-                else " (non-default XLA flag; the remat works here, §1)")
+                else " (the flag depthlab sets on jax; the remat works here, §1)")
         lines.append(f"- Remat step-time cost <= 1.4x, XLA {label}: {ratio:.2f}x -> "
                      f"{'HOLDS' if ratio <= 1.4 else 'DOES NOT HOLD'}{note}.")
     return "\n".join(lines)

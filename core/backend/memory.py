@@ -4,12 +4,15 @@ A table runs many jobs in one process; on a GPU each job's models, compiled step
 optimizer state must be gone before the next starts (``release``), and an out-of-memory
 error must be reported as such, with how much was in use, rather than as a backend
 traceback. Peaks come from the backend's allocator where it exposes one (CUDA under torch,
-XLA's device statistics under JAX, TensorFlow's ``get_memory_info``); on CPU there is none.
+XLA's device statistics under JAX, TensorFlow's ``get_memory_info``); on CPU there is none,
+but under JAX XLA still says what a compiled training step needs (:func:`compiled_step_bytes`),
+exactly and without running it, e.g. for a 10,022-layer net no machine here could hold.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable, Sequence
 
 import keras
 
@@ -124,3 +127,45 @@ def describe_out_of_memory(error: BaseException) -> str:
             f" of {total / 2**30:.1f} GiB)" if total else ")")
     first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
     return f"out of memory{where}: {type(error).__name__}: {first}"
+
+
+def jax_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                   loss: Callable) -> Callable:
+    """The stateless step ``(trainable, non_trainable, optimizer_vars, x, y) -> (loss,
+    trainable, non_trainable, optimizer_vars)`` that ``model.fit`` compiles under JAX,
+    written out so that it can be lowered on abstract inputs (or jitted and timed)."""
+    import jax
+
+    def step(trainable, non_trainable, opt_vars, x, y):
+        def loss_of(trainable):
+            out, new_non_trainable = model.stateless_call(trainable, non_trainable, x,
+                                                          training=True)
+            return loss(y, out), new_non_trainable
+
+        (value, new_non_trainable), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+        new_trainable, new_opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+        return value, new_trainable, new_non_trainable, new_opt_vars
+
+    return step
+
+
+def compiled_step_bytes(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                        loss: Callable, x_shape: Sequence[int],
+                        y_shape: Sequence[int]) -> dict[str, int]:
+    """XLA's memory analysis of one compiled (never run) training step, JAX backend only:
+    ``temp`` (activations kept for the backward, workspace), ``argument`` and ``output``
+    (weights, optimizer states, batch), ``alias``. The optimizer must be built."""
+    if keras.backend.backend() != "jax":
+        raise ValueError("compiled_step_bytes needs the jax backend (XLA's memory analysis)")
+    import jax
+
+    def abstract(variables) -> list:
+        return [jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for v in variables]
+
+    args = (abstract(model.trainable_variables), abstract(model.non_trainable_variables),
+            abstract(optimizer.variables), jax.ShapeDtypeStruct(tuple(x_shape), "float32"),
+            jax.ShapeDtypeStruct(tuple(y_shape), "int32"))
+    stats = jax.jit(jax_train_step(model, optimizer, loss)).lower(*args).compile() \
+        .memory_analysis()
+    return {"temp": int(stats.temp_size_in_bytes), "argument": int(stats.argument_size_in_bytes),
+            "output": int(stats.output_size_in_bytes), "alias": int(stats.alias_size_in_bytes)}
