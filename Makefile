@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[tensorflow,test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[tensorflow,ray,test]"
 	touch $@
 
 quick: install

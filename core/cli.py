@@ -6,7 +6,8 @@ range; missing or corrupt data; an unusable MLflow store or results folder; a fu
 prints one line ``depthlab: error: ...`` and exits with code 2, before any training where
 it can be known before. The backend is selected from the flags before anything imports
 Keras. SIGTERM is handled like Ctrl-C: the running job's MLflow run is marked KILLED, and
-the same command resumes it.
+the same command resumes it. ``--executor ray`` runs the jobs as Ray tasks (README, "Tables
+on a Ray cluster").
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ def _parser(study: str | None, definition: Any = None) -> argparse.ArgumentParse
     parser.add_argument("--results-dir", default="docs/results",
                         help="where the final table goes (default: docs/results)")
     parser.add_argument("--list", action="store_true", help="list tables, rows and profiles")
+    cluster = parser.add_argument_group("executor (README 'Tables on a Ray cluster')")
+    cluster.add_argument("--executor", default="local", choices=("local", "ray"),
+                         help="local: the jobs one after the other here (default); ray: each "
+                         "job a Ray task")
+    cluster.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                         help="join this Ray cluster (default: start one on this machine)")
+    cluster.add_argument("--cpus-per-job", type=float, default=None, metavar="N",
+                         help="CPUs Ray reserves per job (default 1)")
+    cluster.add_argument("--gpus-per-job", type=float, default=None, metavar="N",
+                         help="GPUs Ray reserves per job (default 0)")
     return parser
 
 
@@ -95,6 +106,7 @@ def main(argv: Sequence[str] | None = None, study: str | Any | None = None) -> i
         base = config.apply_overrides(definition.profiles[args.profile], overrides)
         typed = {key: getattr(base, key) for key in overrides}
         backend.select(args.backend)
+        executor = _executor(args)
     except (UsageError, config.ConfigError, backend.BackendError) as error:
         return _fail(error)
     from depthlab import files, tracking
@@ -113,7 +125,7 @@ def main(argv: Sequence[str] | None = None, study: str | Any | None = None) -> i
     try:
         outcomes = [outcome for name in tables for outcome in runner.run(
             definition, name, args.profile, config=base, rows=rows, overrides=typed,
-            rerun=args.rerun, results_dir=args.results_dir)]
+            rerun=args.rerun, results_dir=args.results_dir, executor=executor)]
     except (config.ConfigError, data.DataNotFoundError, data.DataCorruptError,
             tracking.StoreError) as error:
         return _fail(error)
@@ -126,6 +138,53 @@ def main(argv: Sequence[str] | None = None, study: str | Any | None = None) -> i
             return _fail(error)
         raise
     return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """The executor the flags ask for (None: local); its flags checked before anything."""
+    ray_flags = {"--ray-address": args.ray_address, "--cpus-per-job": args.cpus_per_job,
+                 "--gpus-per-job": args.gpus_per_job}
+    given = [flag for flag, value in ray_flags.items() if value is not None]
+    if args.executor == "local":
+        if given:
+            raise UsageError(f"{', '.join(given)} needs --executor ray")
+        return None
+    import math
+
+    for flag, value, zero_ok in (("--cpus-per-job", args.cpus_per_job, False),
+                                 ("--gpus-per-job", args.gpus_per_job, True)):
+        if value is not None and not (math.isfinite(value) and (value > 0 or
+                                                                 zero_ok and value == 0)):
+            raise UsageError(f"{flag} {value:g}: must be a number "
+                             f"{'of 0 or more' if zero_ok else 'above 0'}")
+    if args.ray_address is not None:
+        _check_ray_address(args.ray_address)
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--executor ray needs Ray: pip install 'depthlab[ray]'")
+    from depthlab.reproductions.ray_executor import RayExecutor
+
+    return RayExecutor(address=args.ray_address,
+                       cpus_per_job=1.0 if args.cpus_per_job is None else args.cpus_per_job,
+                       gpus_per_job=args.gpus_per_job or 0.0)
+
+
+def _check_ray_address(address: str) -> None:
+    """``auto`` or a ``HOST:PORT`` something answers at (Ray itself retries an unreachable
+    address for minutes, writing a log line every few seconds)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r}: give auto or HOST:PORT")
+    import socket
+
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise UsageError(f"--ray-address {address}: nothing answers there "
+                         f"({error.strerror or error})") from None
 
 
 def _interrupt(signum, frame) -> None:

@@ -20,6 +20,13 @@ Reliability (what a kill, a second command or a bad store must not break):
 * :func:`buffered` holds metrics back until :func:`flush`; the runner flushes when a
   backup is committed, so the store never holds epochs a resume would train again.
 
+A tracking server (Ray executor, SPEC-less issue 20): when ``MLFLOW_TRACKING_URI`` is an
+``http(s)`` URI, runs go to that server instead (experiments created there get the server's
+artifact store); the local folder still holds the locks and the checkpoints.
+:func:`serve` starts such a server over the local store for the workers of a
+single-machine cluster. Every run records the host whose lock it names
+(``depthlab.lock_host``): a sweep ends only the dead runs of its own host.
+
 Functions that log act on the active run and do nothing when there is none, so layers
 and callbacks can be used without MLflow.
 """
@@ -31,8 +38,12 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +51,9 @@ from typing import Any
 # MLflow 3 sends usage telemetry from a background thread: nothing leaves a researcher's
 # machine unasked, and no thread races the training loop for it.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Against a server, MLflow prints two "View run ... at" lines per run end: depthlab's
+# progress and table lines stay the output.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, RunStatus, RunTag  # noqa: E402
@@ -54,6 +68,7 @@ MAX_PARAM_LENGTH = 6000  # MLflow 3.x param value limit
 TAG_CONFIG_HASH = "depthlab.config_hash"
 TAG_STATUS = "depthlab.status"  # finished | diverged | failed | killed | running
 TAG_LOCK = "depthlab.lock"  # the lock its process holds while the run is live
+TAG_LOCK_HOST = "depthlab.lock_host"  # the machine whose store folder holds that lock
 TAG_NOTE = "mlflow.note.content"  # a run's description in the UI (Markdown)
 # The UI opens an experiment of this kind in its "Model training" view (runs, charts),
 # not the GenAI traces overview.
@@ -70,11 +85,18 @@ def store_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root).resolve()
 
 
+def server_uri() -> str | None:
+    """The tracking server runs go to (``MLFLOW_TRACKING_URI``, http or https), or None."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return uri if uri.startswith(("http://", "https://")) else None
+
+
 def check_store(root: str | os.PathLike | None = None) -> Path:
     """Fail fast, before any training, when the store cannot be used.
 
     Checks that the folder can be created and written (a probe file), and that an existing
-    ``mlflow.db`` is an SQLite database with MLflow's tables; touches nothing else.
+    ``mlflow.db`` is an SQLite database with MLflow's tables, or that the tracking server
+    (:func:`server_uri`) answers; touches nothing else.
 
     Raises:
         StoreError: with a one-line reason.
@@ -84,6 +106,9 @@ def check_store(root: str | os.PathLike | None = None) -> Path:
         files.check_writable(folder, "MLflow store (DEPTHLAB_MLRUNS)")
     except OSError as error:
         raise StoreError(str(error)) from None
+    if server_uri():
+        _check_server(server_uri())
+        return folder
     db = folder / "mlflow.db"
     if db.exists() and db.stat().st_size:
         try:
@@ -93,6 +118,21 @@ def check_store(root: str | os.PathLike | None = None) -> Path:
             raise StoreError(f"{db} is not an MLflow store ({error}); move it away or set "
                              "DEPTHLAB_MLRUNS to another folder") from None
     return folder
+
+
+def _check_server(uri: str, timeout: float = 10.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as answer:
+            if answer.status == 200:
+                return
+            reason = f"HTTP {answer.status}"
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = str(getattr(error, "reason", error))
+    raise StoreError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer: "
+                     f"{reason}")
 
 
 _CONFIGURED: set[str] = set()
@@ -106,6 +146,9 @@ def configure(root: str | os.PathLike | None = None) -> str:
     """
     folder = store_root(root)
     folder.mkdir(parents=True, exist_ok=True)
+    if server_uri():
+        mlflow.set_tracking_uri(server_uri())
+        return server_uri()
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     if uri not in _CONFIGURED:
@@ -128,7 +171,8 @@ def experiment(name: str, root: str | os.PathLike | None = None) -> str:
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is None:
-        location = (store_root(root) / "artifacts" / name).as_uri()
+        # On a server, its artifact store (which every worker reaches); else a folder here.
+        location = None if server_uri() else (store_root(root) / "artifacts" / name).as_uri()
         try:
             return client.create_experiment(name, artifact_location=location,
                                             tags=EXPERIMENT_KIND)
@@ -200,22 +244,16 @@ def sweep_dead_runs(experiment_id: str) -> list[str]:
     A run whose process recorded it finished before dying ends FINISHED, any other KILLED
     (tag ``depthlab.status=killed``); a job's next attempt resumes it.
     """
-    client, ended = MlflowClient(), []
+    ended = []
     for found in find_runs(experiment_id, {}, status="RUNNING"):
         name = found.data.tags.get(TAG_LOCK)
+        if found.data.tags.get(TAG_LOCK_HOST, socket.gethostname()) != socket.gethostname():
+            continue  # its lock is on another machine (a shared tracking server)
         probe = lock(name) if name else None
         if probe is None or not probe.acquire(blocking=False):
             continue  # alive, or not a depthlab run
         try:
-            recorded = found.data.tags.get(TAG_STATUS)
-            if recorded in ("finished", "diverged"):  # died between its result and its end
-                status = "FINISHED" if recorded == "finished" else "FAILED"
-            else:
-                status = "KILLED"
-                client.set_tag(found.info.run_id, TAG_STATUS, "killed")
-                client.set_tag(found.info.run_id, "depthlab.status_message",
-                               "its process died (killed, or the machine stopped)")
-            client.set_terminated(found.info.run_id, status)
+            end_dead_run(found, "its process died (killed, or the machine stopped)")
             ended.append(found.info.run_id)
         finally:
             probe.release()
@@ -231,13 +269,18 @@ def run(
     params: Mapping[str, str] | None = None,
     run_id: str | None = None,
     nested: bool = False,
+    parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume, with ``run_id``) a run; a run left by an exception ends FAILED.
 
     The body records its outcome with :func:`set_status`; a "diverged" or "failed" status
     ends the run FAILED, anything else FINISHED. An exception marks the run FAILED, an
     interruption (Ctrl-C, SIGTERM) KILLED, and is re-raised, so nothing is lost silently.
+    ``parent_run_id`` nests the run under a run of another process (a Ray worker's job
+    under its table).
     """
+    if parent_run_id is not None:
+        tags = {**(tags or {}), "mlflow.parentRunId": parent_run_id}
     active = mlflow.start_run(
         run_id=run_id, experiment_id=experiment_id, run_name=name, nested=nested, tags=tags
     )
@@ -264,6 +307,31 @@ def run(
         status = mlflow.get_run(active.info.run_id).data.tags.get(TAG_STATUS)
         failed = status in ("diverged", "failed")
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+
+
+def end_dead_run(found: mlflow.entities.Run, reason: str) -> None:
+    """End a RUNNING run whose process is gone: FINISHED (or FAILED) when it recorded its
+    outcome before dying, else KILLED with ``reason``; a job's next attempt resumes it."""
+    recorded = found.data.tags.get(TAG_STATUS)
+    if recorded in ("finished", "diverged"):  # died between its result and its end
+        MlflowClient().set_terminated(found.info.run_id,
+                                      "FINISHED" if recorded == "finished" else "FAILED")
+    else:
+        end_run(found.info.run_id, "KILLED", "killed", reason)
+
+
+def active_run_id() -> str | None:
+    """The id of this process's active run, if any."""
+    active = mlflow.active_run()
+    return active.info.run_id if active is not None else None
+
+
+def end_run(run_id: str, status: str, depthlab_status: str, message: str) -> None:
+    """End a run another process left (MLflow ``status``), with depthlab's status and why."""
+    client = MlflowClient()
+    client.log_batch(run_id, tags=[RunTag(TAG_STATUS, depthlab_status),
+                                   RunTag("depthlab.status_message", message)])
+    client.set_terminated(run_id, status)
 
 
 def set_status(status: str, message: str | None = None) -> None:
@@ -466,3 +534,69 @@ def log_text(text: str, artifact_file: str) -> None:
 def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
     """Log a JSON-serialisable mapping as a JSON artifact."""
     log_text(json.dumps(data, indent=2, default=str), artifact_file)
+
+
+# Runs a command in its own process group and ends the group when the process that started
+# it is gone, however it went (kill -9 included): no server outlives its command.
+_WATCHDOG = """
+import os, signal, subprocess, sys, time
+child = subprocess.Popen(sys.argv[2:])
+while child.poll() is None and os.getppid() == int(sys.argv[1]):
+    time.sleep(0.5)
+if child.poll() is None:
+    os.killpg(0, signal.SIGTERM)
+"""
+
+
+@contextlib.contextmanager
+def serve(root: str | os.PathLike | None = None, host: str = "127.0.0.1",
+          timeout: float = 120.0) -> Iterator[str]:
+    """An MLflow tracking server over the local store, for the workers of one machine;
+    yields its URI and stops it on exit. Its log is ``<store>/server.log``.
+
+    Artifacts stay where the store's experiments put them (folders under the store), which
+    the workers of this machine write directly; the server carries runs, params, metrics
+    and tags, so that many worker processes never write one SQLite file themselves.
+    """
+    configure(root)  # the store exists and is migrated before the server opens it
+    folder = store_root(root)
+    with socket.socket() as probe:  # a free port
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    uri = f"http://{host}:{port}"
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(folder / "server.log", "ab")  # noqa: SIM115 - closed below
+    with warnings.catch_warnings():  # JAX warns of any fork; this one execs at once
+        warnings.simplefilter("ignore", RuntimeWarning)
+        server = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), sys.executable, "-m", "mlflow",
+             "server", "--backend-store-uri",
+             f"sqlite:///{folder / 'mlflow.db'}", "--default-artifact-root",
+             (folder / "artifacts").as_uri(), "--host", host, "--port", str(port),
+             "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _check_server(uri, timeout=2.0)
+                break
+            except StoreError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise StoreError(f"the MLflow server over {folder} did not start (see "
+                                     f"{folder / 'server.log'})") from None
+                time.sleep(0.25)
+        yield uri
+    finally:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # uvicorn and its workers
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()

@@ -16,6 +16,9 @@ beside the paper's. The runner owns everything around a job, once for all studie
   ``rerun=True`` recomputes;
 * one process per job: a job runs under a store lock; a second command waits for it and
   then reuses its result; runs whose process died are marked KILLED on the next start;
+* an executor runs the pending jobs: :func:`run_local` (default) one after the other in
+  this process, :class:`~depthlab.reproductions.ray_executor.RayExecutor` as Ray tasks;
+  the report keeps the table's order either way;
 * failure: divergence (:class:`~depthlab.callbacks.divergence.DivergenceGuard`) ends the
   job as FAILED "diverged at epoch e" and the sweep goes on; any other exception marks the
   run FAILED and the sweep goes on (exit code 1 at the end); Ctrl-C / SIGTERM mark it
@@ -46,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import socket
 import subprocess
 import sys
 import time
@@ -332,6 +336,7 @@ def run(
     rerun: bool = False,
     results_dir: str | Path | None = "docs/results",
     echo: Callable[[str], None] = print,
+    executor: Executor | None = None,
 ) -> list[Outcome]:
     """Run (or resume) every job of one table and report it; return the outcomes.
 
@@ -348,6 +353,8 @@ def run(
         rerun: recompute jobs that already finished (new runs), instead of reusing them.
         results_dir: where the final table and figures go (None: nowhere but MLflow).
         echo: where progress lines go.
+        executor: runs the table's jobs (default :func:`run_local`: one after the other in
+            this process); e.g. :class:`~depthlab.reproductions.ray_executor.RayExecutor`.
 
     Returns:
         The outcomes in table order, as the store holds them.
@@ -361,8 +368,11 @@ def run(
     for job in jobs:
         study.prepare(job.config)
         check_splits(study, job)
+    executor = executor or run_local
     env_tags = {**backend.describe(), "git_commit": git_commit(), "profile": profile,
                 "study": study.name, "table": table,
+                "executor": getattr(executor, "name", "local"),
+                tracking.TAG_LOCK_HOST: socket.gethostname(),
                 **study.tags(jobs[0].config if jobs else config)}
     experiment_id = tracking.experiment(f"depthlab-{study.name}")
     for run_id in tracking.sweep_dead_runs(experiment_id):
@@ -384,18 +394,8 @@ def run(
                           tags={**env_tags, "depthlab.kind": "table", TAG_TABLE: table_id,
                                 tracking.TAG_LOCK: f"table-{table_id}",
                                 "depthlab.rows": ",".join(j.key for j in jobs)}):
-            done: dict[int, Outcome] = {}
-            busy = []
-            for i, job in enumerate(jobs):
-                outcome = _run_job(study, job, experiment_id, env_tags, rerun, echo, wait=False)
-                if outcome is None:
-                    busy.append(i)
-                else:
-                    done[i] = outcome
-            for i in busy:  # run by another command meanwhile: wait, then reuse or resume
-                done[i] = _run_job(study, jobs[i], experiment_id, env_tags, False, echo,
-                                   wait=True)
-            outcomes = [_reload(done[i]) for i in range(len(jobs))]  # as the store has them
+            ran = executor(study, jobs, experiment_id, env_tags, rerun, echo)
+            outcomes = [_reload(outcome) for outcome in ran]  # as the store has them
             comparison = study.report(table, config, outcomes, profile)
             figures = study.figures(table, config, outcomes, profile)
             tracking.log_metrics(_summary(outcomes, comparison), step=0)
@@ -404,6 +404,27 @@ def run(
     finally:
         table_lock.release()
     return outcomes
+
+
+Executor = Callable[[Study, list[Job], str, Mapping[str, str], bool, Callable[[str], None]],
+                    list[Outcome]]
+
+
+def run_local(study: Study, jobs: list[Job], experiment_id: str, env_tags: Mapping[str, str],
+              rerun: bool, echo: Callable[[str], None]) -> list[Outcome]:
+    """The default executor: the jobs one after the other in this process, in table order;
+    a job another command holds is come back to at the end (then reused or resumed)."""
+    done: dict[int, Outcome] = {}
+    busy = []
+    for i, job in enumerate(jobs):
+        outcome = _run_job(study, job, experiment_id, env_tags, rerun, echo, wait=False)
+        if outcome is None:
+            busy.append(i)
+        else:
+            done[i] = outcome
+    for i in busy:  # run by another command meanwhile: wait, then reuse or resume
+        done[i] = _run_job(study, jobs[i], experiment_id, env_tags, False, echo, wait=True)
+    return [done[i] for i in range(len(jobs))]
 
 
 def job_identity(study: Study, job: Job, env_tags: Mapping[str, str]) -> tuple[str, str]:
@@ -436,10 +457,10 @@ def _run_job(study: Study, job: Job, experiment_id: str, env_tags: Mapping[str, 
         lock.release()
 
 
-def _run_locked(study: Study, job: Job, experiment_id: str, env_tags: Mapping[str, str],
-                digest: str, data: str, rerun: bool, echo: Callable[[str], None]) -> Outcome:
-    from depthlab.backend import memory
-
+def reuse(job: Job, experiment_id: str, digest: str, rerun: bool,
+          echo: Callable[[str], None]) -> tuple[Outcome | None, str | None]:
+    """(the outcome of a finished or diverged run of the job, to reuse; else None, and the
+    id of an unfinished run to resume, or None). The caller holds the job's lock."""
     previous = tracking.find_runs(experiment_id, {tracking.TAG_CONFIG_HASH: digest})
     done = [r for r in previous
             if r.data.tags.get(tracking.TAG_STATUS) in ("finished", "diverged")]
@@ -447,9 +468,20 @@ def _run_locked(study: Study, job: Job, experiment_id: str, env_tags: Mapping[st
         found = done[0]
         echo(f"[{job.label}] already {found.data.tags[tracking.TAG_STATUS]} "
              f"(run {found.info.run_id[:8]}), skipped")
-        return _outcome_from_run(job, found, skipped=True)
+        return _outcome_from_run(job, found, skipped=True), None
     unfinished = [r for r in previous if r not in done]
-    resume_id = unfinished[0].info.run_id if unfinished and not rerun else None
+    return None, unfinished[0].info.run_id if unfinished and not rerun else None
+
+
+def _run_locked(study: Study, job: Job, experiment_id: str, env_tags: Mapping[str, str],
+                digest: str, data: str, rerun: bool, echo: Callable[[str], None],
+                parent_run_id: str | None = None) -> Outcome:
+    """Run or resume one job whose lock the caller holds (or reuse its finished run)."""
+    from depthlab.backend import memory
+
+    finished, resume_id = reuse(job, experiment_id, digest, rerun, echo)
+    if finished is not None:
+        return finished
     checkpoint_dir = tracking.store_root() / "checkpoints" / digest
     if resume_id is None:
         _clear_checkpoints(checkpoint_dir)  # nothing of an abandoned attempt is reused
@@ -465,7 +497,7 @@ def _run_locked(study: Study, job: Job, experiment_id: str, env_tags: Mapping[st
     try:
         with tracking.run(experiment_id, job.label, tags=tags,
                           params=tracking.flatten(job.config), run_id=resume_id,
-                          nested=True) as active:
+                          nested=True, parent_run_id=parent_run_id) as active:
             run_id = active.info.run_id
             if resume_id is None:
                 tracking.log_dict(dataclasses.asdict(job.config), "config.json")

@@ -44,6 +44,13 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     (["vgg", "--set", "val_images=5000"], "val_images=5000: cifar10 has 2,405 images"),
     (["vgg", "--set", "train_images=50001"], "train_images=50001: cifar10 has 50,000 images"),
     (["vgg", "--set", "test_images=10001"], "test_images=10001: cifar10 has 10,000 images"),
+    (["vgg", "--executor", "dask"], "invalid choice: 'dask'"),
+    (["vgg", "--gpus-per-job", "1"], "--gpus-per-job needs --executor ray"),
+    (["vgg", "--executor", "ray", "--cpus-per-job", "0"], "--cpus-per-job 0: must be a number "
+     "above 0"),
+    (["vgg", "--executor", "ray", "--gpus-per-job", "-1"], "must be a number of 0 or more"),
+    (["vgg", "--executor", "ray", "--ray-address", "head"], "give auto or HOST:PORT"),
+    (["vgg", "--executor", "ray", "--ray-address", "127.0.0.1:1"], "nothing answers there"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     start = time.perf_counter()

@@ -236,3 +236,56 @@ def test_concurrent_commands_run_each_job_once(tmp_path, reference, commands, fr
     for i in range(commands):  # every command wrote the whole table
         text = next((tmp_path / f"results{i}").glob("*.md")).read_text()
         assert "| a | loss |" in text and "| b | loss |" in text
+
+
+# ----------------------------------------------------------------- a Ray cluster
+
+
+def _store_rows(store: Path, query: str) -> list[tuple]:
+    for _ in range(50):  # the server may hold a write lock for a moment
+        try:
+            with contextlib.closing(sqlite3.connect(store / "mlflow.db", timeout=5)) as con:
+                return con.execute(query).fetchall()
+        except sqlite3.OperationalError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{store / 'mlflow.db'} stayed locked")
+
+
+@pytest.mark.once
+def test_a_table_on_a_local_ray_cluster_survives_a_killed_worker(tmp_path, reference):
+    """``--executor ray`` on a local Ray instance (2 CPUs: both jobs at once), its workers
+    logging through an MLflow server the command starts: one worker is killed (-9) after an
+    epoch; its run is marked KILLED, the job goes to a worker again and resumes that run.
+    The store then holds one FINISHED run per job, nested under the table, with the
+    local executor's results."""
+    store = tmp_path / "mlruns"
+    argv, env = _command(store, "--rows", "a,b", "--set", "epochs=4", "--set", "sleep_s=1.0",
+                         "--executor", "ray")
+    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    victim, deadline = None, time.monotonic() + 240
+    while victim is None and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        if not (store / "mlflow.db").exists():
+            continue
+        found = _store_rows(store, """
+            select t.value from runs r join tags t on t.run_uuid = r.run_uuid
+            where t.key = 'depthlab.worker' and r.status = 'RUNNING' and exists (
+                select 1 from metrics m where m.run_uuid = r.run_uuid and m.key = 'loss')""")
+        if found:
+            victim = int(found[0][0].rsplit(":", 1)[1])
+            os.kill(victim, signal.SIGKILL)
+    out, err = process.communicate(timeout=300)
+    assert victim is not None, out + err
+    assert process.returncode == 0, out + err
+    assert "its Ray worker died" in out and "submitted again" in out, out
+    assert _assert_clean(store, ["a", "b"]) == pytest.approx(reference, rel=1e-5)
+    runs = _store_rows(store, """
+        select (select value from tags t where t.run_uuid = r.run_uuid and t.key = 'job'),
+               (select value from tags t where t.run_uuid = r.run_uuid
+                and t.key = 'mlflow.parentRunId') from runs r""")
+    jobs = [(job, parent) for job, parent in runs if job is not None]
+    assert sorted(job for job, _ in jobs) == ["a", "b"], runs  # the killed run was resumed
+    assert all(parent for _, parent in jobs), runs
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(store) not in processes, processes  # the command's MLflow server is gone
