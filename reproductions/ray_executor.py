@@ -185,6 +185,7 @@ class _Table:
         self.stack.enter_context(_connected(self.executor.address))
         env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
         env["DEPTHLAB_MLRUNS"] = str(tracking.store_root())
+        env.update(_thread_limits(self.executor.cpus_per_job, env.get("XLA_FLAGS", "")))
         if not tracking.server_uri():
             here = ray.util.get_node_ip_address()
             away = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")} - {here}
@@ -208,6 +209,18 @@ class _Table:
         return ray.remote(_job_in_worker).options(
             num_cpus=self.executor.cpus_per_job, num_gpus=self.executor.gpus_per_job,
             max_retries=0, runtime_env={"env_vars": env})
+
+
+def _thread_limits(cpus: float, xla_flags: str) -> dict[str, str]:
+    """Each backend's CPU threads capped at the CPUs Ray reserves for the job: XLA and
+    TensorFlow would otherwise each start a thread per core of the machine, and two jobs on
+    two cores would fight over both (torch follows ``OMP_NUM_THREADS``, which Ray sets)."""
+    n = str(max(1, int(cpus)))
+    flags = xla_flags
+    if "intra_op_parallelism_threads" not in flags:
+        flags = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={n}"
+    return {"XLA_FLAGS": flags.strip(), "TF_NUM_INTRAOP_THREADS": n,
+            "TF_NUM_INTEROP_THREADS": n, "OMP_NUM_THREADS": n}
 
 
 @contextlib.contextmanager
