@@ -7,12 +7,13 @@ the report). This command stays the one coordinator of its table:
 * it holds each job's lock while the job runs anywhere, so a second command waits for it
   and then reuses its result, as with the local executor, and reuses finished jobs itself
   before anything reaches Ray (a finished table starts neither Ray nor a server);
-* each pending job is one Ray task (``num_cpus``/``num_gpus`` per job), at most
-  ``max_retries=0``: when the worker or its node dies, this command marks the job's run
-  KILLED and submits the job once more (a new worker resumes the run from its last backup
-  where the backup folder is shared, else starts it over); a second loss ends the job
-  FAILED. An exception inside a job ends its run FAILED there, as locally; a full disk or
-  an unusable store stops the table;
+* each pending job is one Ray task (``num_cpus``/``num_gpus`` per job), submitted in the
+  table's order, no more at a time than the cluster can run (each holds its lock until
+  it ends); Ray's own retries are off: when the worker or its node dies, this command marks
+  the job's run KILLED and submits the job once more, to resume that run (from its last
+  backup where the backup folder is shared, else from the start); a second loss ends the
+  job FAILED. An exception inside a job ends its run FAILED there, as locally; a full disk
+  or an unusable store stops the table;
 * tracking: workers never write an SQLite file. With ``MLFLOW_TRACKING_URI`` (an MLflow
   server every node reaches) everything goes there; without one, on a single machine, this
   command starts a server over the local store (:func:`depthlab.tracking.serve`); a
@@ -90,12 +91,14 @@ class _Table:
         busy = []
         try:
             for i in range(len(self.jobs)):
+                self._make_room()
                 if not self._claim(i, wait=False):
                     busy.append(i)
-            self._drain()
             for i in busy:  # held by another command: wait for it, then reuse or resume
+                self._make_room()
                 self._claim(i, wait=True)
-                self._drain()
+            while self.pending:
+                self._collect()
         except BaseException:
             self._abandon()
             raise
@@ -103,6 +106,21 @@ class _Table:
             for lock in self.locks.values():
                 lock.release()
         return [self.done[i] for i in range(len(self.jobs))]
+
+    def _make_room(self) -> None:
+        """Submit no more jobs than the cluster runs at once: a job holds its lock (a file
+        descriptor here) from submission to its end, and a 1,000-job table must not hold
+        1,000 of them; the cluster's size is read again each time (it may grow)."""
+        import ray
+
+        while self.pending:
+            resources = ray.cluster_resources()
+            slots = resources.get("CPU", 0) // self.executor.cpus_per_job
+            if self.executor.gpus_per_job:
+                slots = min(slots, resources.get("GPU", 0) // self.executor.gpus_per_job)
+            if len(self.pending) < max(1, int(slots)):
+                return
+            self._collect()
 
     def _claim(self, i: int, wait: bool) -> bool:
         """Lock job ``i``; reuse its finished run or submit it. False: busy elsewhere."""
@@ -116,55 +134,61 @@ class _Table:
                 return False
             self.echo(f"[{job.label}] waiting for the other command ({lock.holder()})")
             lock.acquire()
-        finished, _ = runner.reuse(job, self.experiment_id, digest, self.rerun, self.echo)
+        finished, _ = runner.reuse(job, self.experiment_id, digest, self.rerun and not wait,
+                                   self.echo)
         if finished is not None:
             self.done[i] = finished
             lock.release()
             return True
         self.locks[i], self.identity[i] = lock, (digest, data)
-        self._submit(i, attempt=1)
+        self._submit(i, attempt=1, rerun=self.rerun and not wait)
         return True
 
-    def _submit(self, i: int, attempt: int) -> None:
+    def _submit(self, i: int, attempt: int, rerun: bool = False,
+                resume: str | None = None) -> None:
         if self.task is None:
             self.task = self._start()
         digest, data = self.identity[i]
         ref = self.task.remote(self.study, self.jobs[i], self.experiment_id,
-                               dict(self.env_tags), digest, data,
-                               self.rerun and attempt == 1, self.parent)
+                               dict(self.env_tags), digest, data, rerun, resume, self.parent)
         self.pending[ref] = (i, attempt)
 
-    def _drain(self) -> None:
+    def _collect(self) -> None:
+        """Wait for the next job to end; record it, or submit it again if its worker died."""
         import ray
 
-        while self.pending:
-            ready, _ = ray.wait(list(self.pending), num_returns=1)
-            i, attempt = self.pending.pop(ready[0])
-            job = self.jobs[i]
-            try:
-                outcome = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as error:  # escaped the job: stop the table
-                raise error.as_instanceof_cause() from None
-            except ray.exceptions.RayError as error:  # the worker or its node is gone
-                reason = f"its Ray worker died ({type(error).__name__})"
-                self._mark_killed(i, reason)
-                if attempt < ATTEMPTS:
-                    self.echo(f"[{job.label}] {reason}; run marked KILLED, submitted again")
-                    self._submit(i, attempt + 1)
-                    continue
-                digest, data = self.identity[i]
-                message = f"{reason}, twice"
-                self.echo(f"[{job.label}] FAILED: {message}")
-                outcome = runner.Outcome(job, "failed", {}, None, None, message,
-                                         self.env_tags["git_commit"], data)
-            self.done[i] = outcome
-            self.locks.pop(i).release()
+        ready, _ = ray.wait(list(self.pending), num_returns=1)
+        i, attempt = self.pending.pop(ready[0])
+        job = self.jobs[i]
+        try:
+            outcome = ray.get(ready[0])
+        except ray.exceptions.RayTaskError as error:  # escaped the job: stop the table
+            raise error.as_instanceof_cause() from None
+        except ray.exceptions.RayError as error:  # the worker or its node is gone
+            reason = f"its Ray worker died ({type(error).__name__})"
+            killed = self._mark_killed(i, reason)
+            if attempt < ATTEMPTS:
+                self.echo(f"[{job.label}] {reason}; run marked KILLED, submitted again")
+                # the same run resumes (even under --rerun); none yet: the job starts anew
+                self._submit(i, attempt + 1, rerun=self.rerun and not killed,
+                             resume=killed[0] if killed else None)
+                return
+            message = f"{reason}, twice"
+            self.echo(f"[{job.label}] FAILED: {message}")
+            outcome = runner.Outcome(job, "failed", {}, killed[0] if killed else None, None,
+                                     message, self.env_tags["git_commit"], self.identity[i][1])
+        self.done[i] = outcome
+        self.locks.pop(i).release()
 
-    def _mark_killed(self, i: int, reason: str) -> None:
+    def _mark_killed(self, i: int, reason: str) -> list[str]:
+        """End the job's runs its dead worker left RUNNING; their ids."""
         digest, _ = self.identity[i]
+        ended = []
         for found in tracking.find_runs(self.experiment_id,
                                         {tracking.TAG_CONFIG_HASH: digest}, status="RUNNING"):
             tracking.end_dead_run(found, reason)
+            ended.append(found.info.run_id)
+        return ended
 
     def _abandon(self) -> None:
         """Interrupted (Ctrl-C, SIGTERM) or stopped: end the tasks still out and mark
@@ -259,7 +283,7 @@ def _connected(address: str | None):
 
 def _job_in_worker(study: runner.Study, job: runner.Job, experiment_id: str,
                    env_tags: dict[str, str], digest: str, data: str, rerun: bool,
-                   parent_run_id: str | None) -> runner.Outcome:
+                   resume: str | None, parent_run_id: str | None) -> runner.Outcome:
     """One job in a Ray worker: this worker's device in the run's tags, the job run nested
     under its table; the outcome travels back without its arrays (MLflow has them)."""
     from depthlab import backend
@@ -274,5 +298,5 @@ def _job_in_worker(study: runner.Study, job: runner.Job, experiment_id: str,
         print(line, flush=True)
 
     outcome = runner._run_locked(study, job, experiment_id, tags, digest, data, rerun, echo,
-                                 parent_run_id=parent_run_id)
+                                 parent_run_id=parent_run_id, resume_run=resume)
     return dataclasses.replace(outcome, arrays={})

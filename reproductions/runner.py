@@ -475,13 +475,17 @@ def reuse(job: Job, experiment_id: str, digest: str, rerun: bool,
 
 def _run_locked(study: Study, job: Job, experiment_id: str, env_tags: Mapping[str, str],
                 digest: str, data: str, rerun: bool, echo: Callable[[str], None],
-                parent_run_id: str | None = None) -> Outcome:
-    """Run or resume one job whose lock the caller holds (or reuse its finished run)."""
+                parent_run_id: str | None = None, resume_run: str | None = None) -> Outcome:
+    """Run or resume one job whose lock the caller holds (or reuse its finished run);
+    ``resume_run``: resume that run, whatever the store holds besides."""
     from depthlab.backend import memory
 
-    finished, resume_id = reuse(job, experiment_id, digest, rerun, echo)
-    if finished is not None:
-        return finished
+    if resume_run is not None:
+        resume_id = resume_run
+    else:
+        finished, resume_id = reuse(job, experiment_id, digest, rerun, echo)
+        if finished is not None:
+            return finished
     checkpoint_dir = tracking.store_root() / "checkpoints" / digest
     if resume_id is None:
         _clear_checkpoints(checkpoint_dir)  # nothing of an abandoned attempt is reused
@@ -653,7 +657,8 @@ def _write_report(study: Study, table: str, profile: str, env_tags: Mapping[str,
         if outcome.status in ("failed", "diverged"):
             echo(f"  {outcome.job.label}: {outcome.status} ({outcome.message})")
     stem = f"{study.name}_table{table}_{profile}_{env_tags['backend']}"
-    meta = "\n".join(f"- {k}: {v}" for k, v in sorted(env_tags.items()))
+    meta = "\n".join(f"- {k}: {v}" for k, v in sorted(env_tags.items())
+                     if not k.startswith("depthlab."))  # bookkeeping tags stay in MLflow
     pictures = "".join(f"\n![{name}]({stem}_{name}.png)\n" for name, item in figures.items()
                        if not isinstance(item, str))
     body = (f"{report.markdown_table(rows)}\n\n## Runs\n\n{_jobs_table(outcomes)}\n")

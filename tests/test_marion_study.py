@@ -185,6 +185,7 @@ def test_a_jobs_numbers_do_not_depend_on_the_backend(mlruns):
         assert got["grad_diff"][0, i] == pytest.approx(grad_diff[0, 0], rel=1e-4)
 
 
+@pytest.mark.once  # a whole command; fig6 itself is checked per backend above
 def test_figure_end_to_end_through_the_cli(tmp_path):
     """fig6 through the command: its run, CSV and PNG read back from the MLflow store."""
     store = tmp_path / "mlruns"
