@@ -549,9 +549,9 @@ def _memory_rows(o: Outcome) -> list[Comparison]:
                           bf16=c.precision == "mixed_bfloat16")
     return [Comparison(o.job.label, "peak device memory (GiB)",
                        None, o.results.get("peak_memory_gib"),
-                       f"memory model (SPEC §1.5): {est['states'] / 2**30:.1f} GiB states + "
-                       f"{est['activations'] / 2**30:.1f} GiB activations = "
-                       f"{est['total'] / 2**30:.1f} GiB; measured only on a GPU", digits=1)]
+                       f"memory model (SPEC §1.5): {est['states'] / 2**30:.3g} GiB states + "
+                       f"{est['activations'] / 2**30:.3g} GiB activations = "
+                       f"{est['total'] / 2**30:.3g} GiB; measured only on a GPU", digits=1)]
 
 
 def _skip_runs(got: Mapping[str, Outcome]) -> dict[str, Outcome]:
