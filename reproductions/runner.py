@@ -261,17 +261,23 @@ class Context:
         return self.best is not None and self.best.load(model)
 
 
-def git_commit() -> str:
-    """The code's identity: the commit, "+dirty.<digest of the diff>" when tracked files
-    changed (so two different edits never look alike), or the package version outside git."""
-    here = Path(__file__).resolve().parent
+CODE_FILES = ("*.py", "*.json", "*.toml")  # what a run's numbers can depend on
+
+
+def git_commit(where: Path | None = None) -> str:
+    """The code's identity: the commit, "+dirty.<digest of the diff>" when tracked code files
+    changed (so two different edits never look alike), or the package version outside git.
+
+    Only :data:`CODE_FILES` count: the tables a command writes into ``docs/results`` (tracked
+    files) must not turn the next command's commit dirty, or it would stop reusing runs."""
+    here = where or Path(__file__).resolve().parent
     try:
         def git(*args: str) -> str:
             return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
                                   timeout=10, check=True).stdout
 
         commit = git("rev-parse", "--short", "HEAD").strip()
-        diff = git("diff", "HEAD", "--binary")
+        diff = git("diff", "HEAD", "--binary", "--", *CODE_FILES)
         if diff:
             commit += "+dirty." + hashlib.sha256(diff.encode()).hexdigest()[:8]
         return commit

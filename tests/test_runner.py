@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,30 @@ def test_finished_runs_are_reused_only_for_the_same_code_and_data(mlruns, tmp_pa
     monkeypatch.setattr(runner, "git_commit", lambda: "0000000")
     (recoded,), _ = _run()
     assert recoded.status == "finished" and recoded.commit == "0000000"
+
+
+def test_written_tables_leave_the_code_identity_clean(tmp_path):
+    """A command writes its tables into the tracked docs/results; the next command must still
+    see the same commit (else it would retrain every finished job), while a code edit shows."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    table, code = tmp_path / "docs" / "results" / "t_quick_torch.md", tmp_path / "study.py"
+    table.write_text("| a | 1 |\n")
+    code.write_text("LR = 0.1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    head = git("rev-parse", "--short", "HEAD").strip()
+    table.write_text("| a | 2 |\n")
+    assert runner.git_commit(tmp_path) == head
+    code.write_text("LR = 0.2\n")
+    edited = runner.git_commit(tmp_path)
+    assert edited.startswith(head + "+dirty.")
+    code.write_text("LR = 0.3\n")
+    assert runner.git_commit(tmp_path) not in (head, edited)
 
 
 def test_user_overrides_win_over_row_values_or_are_refused():
