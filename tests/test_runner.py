@@ -104,8 +104,10 @@ def test_written_tables_leave_the_code_identity_clean(tmp_path):
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
                               cwd=tmp_path, check=True, capture_output=True, text=True).stdout
 
-    (tmp_path / "docs" / "results").mkdir(parents=True)
-    table, code = tmp_path / "docs" / "results" / "t_quick_torch.md", tmp_path / "study.py"
+    for folder in ("docs/results", "reproductions"):
+        (tmp_path / folder).mkdir(parents=True)
+    table = tmp_path / "docs" / "results" / "t_quick_torch.md"
+    code = tmp_path / "reproductions" / "study.py"  # a nested file: the patterns match any depth
     table.write_text("| a | 1 |\n")
     code.write_text("LR = 0.1\n")
     git("init", "-q")
